@@ -1,0 +1,114 @@
+"""LoraConfig: the one place where the rules about r, alpha, dropout, bias and init live.
+
+Field names and meanings follow HF PEFT's `LoraConfig` (peft/tuners/lora/config.py) so that an
+`adapter_config.json` written by either library reads the same. References: LoRA, Hu et al. 2021
+(arXiv 2106.09685); rsLoRA, Kalajdzievski 2023 (arXiv 2312.03732); PiSSA, Meng et al. 2024
+(arXiv 2404.02948).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+BIAS_MODES = ("none", "all", "lora_only")
+ALL_LINEAR = "all-linear"
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class LoraConfig:
+    """What to adapt and how. Every field is checked in `__post_init__`."""
+
+    r: int = 8                      # rank of the update ΔW = B @ A; B is (out, r), A is (r, in)
+    lora_alpha: float = 8           # ΔW is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)
+    target_modules: list[str] | str | None = None  # names, a regex (full match), "all-linear" or None
+    lora_dropout: float = 0.0       # dropout on the LoRA branch's *input* x, in train mode only
+    bias: str = "none"              # which biases also train: "none" | "all" | "lora_only"
+    use_rslora: bool = False        # rank-stabilised scaling alpha / sqrt(r)
+    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B zero | "gaussian" | False | "pissa"
+    layers_to_transform: list[int] | int | None = None  # only these layer indices (list targets)
+    layers_pattern: list[str] | str | None = None       # the name before the index, e.g. "h" or "layers"
+    modules_to_save: list[str] | None = None  # modules trained in full, as a trainable copy
+    fan_in_fan_out: bool = False    # weight stored (in, out) as in GPT-2's Conv1D; set automatically
+    task_type: str | None = None    # kept for PEFT's adapter_config.json; it does not change the math
+    base_model_name_or_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            _fail("r", self.r, "the rank must be a positive integer (1, 2, 4, 8, ...)")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
+                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
+            _fail("lora_alpha", self.lora_alpha, "alpha must be a positive number")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
+                or not 0.0 <= self.lora_dropout < 1.0:
+            _fail("lora_dropout", self.lora_dropout, "dropout must be in [0, 1)")
+        if self.bias not in BIAS_MODES:
+            _fail("bias", self.bias, f"use one of {', '.join(map(repr, BIAS_MODES))}")
+        init = self.init_lora_weights
+        if not (init is True or init is False or init in ("gaussian", "pissa")):
+            _fail("init_lora_weights", self.init_lora_weights, "use True, False, 'gaussian' or 'pissa'")
+        self.target_modules = self._check_targets(self.target_modules)
+        if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
+            self.layers_to_transform = [self.layers_to_transform]
+        if self.layers_to_transform is not None:
+            layers = list(self.layers_to_transform)
+            if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+                _fail("layers_to_transform", self.layers_to_transform, "a list of layer indices >= 0")
+            self.layers_to_transform = layers or None
+        if isinstance(self.layers_pattern, str):
+            self.layers_pattern = [self.layers_pattern]
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]
+        if self.modules_to_save is not None:
+            self.modules_to_save = [str(m) for m in self.modules_to_save if str(m).strip()] or None
+
+    @staticmethod
+    def _check_targets(targets: Any) -> list[str] | str | None:
+        if targets is None:
+            return None
+        if isinstance(targets, str):
+            if targets.strip().lower() == ALL_LINEAR:
+                return ALL_LINEAR
+            if not targets.strip():
+                _fail("target_modules", targets, "an empty pattern matches nothing; give names or a regex")
+            try:
+                re.compile(targets)
+            except re.error as e:
+                _fail("target_modules", targets, f"not a valid regular expression ({e})")
+            return targets
+        names = [str(t).strip() for t in targets]
+        if not names or not all(names):
+            _fail("target_modules", list(targets), "give at least one module name, e.g. ['c_attn']")
+        return sorted(set(names))  # PEFT stores the list as a set, too
+
+    @property
+    def scaling(self) -> float:
+        """The factor in front of B @ A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    # --- PEFT's adapter_config.json -------------------------------------------------------
+    def to_peft_dict(self) -> dict[str, Any]:
+        """The fields PEFT writes to adapter_config.json (defaults fill in the rest on load)."""
+        d = asdict(self)
+        d.update(peft_type="LORA", inference_mode=True, rank_pattern={}, alpha_pattern={},
+                 use_dora=False, lora_bias=False, target_parameters=None, exclude_modules=None)
+        return d
+
+    @classmethod
+    def from_peft_dict(cls, d: dict[str, Any]) -> LoraConfig:
+        """Read a PEFT adapter_config.json; refuse LoRA variants this library does not implement."""
+        if d.get("peft_type", "LORA") != "LORA":
+            _fail("peft_type", d.get("peft_type"), "only LoRA adapters ('LORA') can be loaded")
+        for key, off in (("use_dora", False), ("lora_bias", False), ("rank_pattern", {}),
+                         ("alpha_pattern", {}), ("target_parameters", None)):
+            if d.get(key) is not None and d.get(key) != off:
+                _fail(key, d.get(key), "this adapter uses a PEFT variant LoRA Lab does not implement")
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**known)

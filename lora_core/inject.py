@@ -1,0 +1,242 @@
+"""Put LoRA into a model and take it out again, with PEFT's target matching and trainable marking.
+
+    names = inject_lora(model, cfg)     # wraps matching layers in place, freezes everything else
+    merge_lora(model) / unmerge_lora(model) / merge_and_unload(model)
+    with disable_lora(model): ...       # the base model's behaviour, adapter kept
+
+Matching follows peft/tuners/tuners_utils.py `check_target_module_exists`:
+  * a list matches a module whose full name equals an entry or ends with "." + entry,
+    so ["c_proj"] hits both attn.c_proj and mlp.c_proj;
+  * a string is a regular expression that must match the full module name;
+  * "all-linear" means every Linear/Conv1D except the output layer (lm_head);
+  * None means PEFT's default for the architecture (GPT-2: c_attn; Llama: q_proj, v_proj).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+from collections.abc import Iterator
+
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import ALL_LINEAR, LoraConfig
+from .layers import SUPPORTED_TYPES, LoraLayer, check_lora_target, make_lora_layer
+
+# PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we ship.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gpt_neox": ["query_key_value"],
+    "bert": ["query", "value"],
+}
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """A module trained in full: a frozen `original_module` and a trainable copy, as in PEFT."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = copy.deepcopy(module)
+        self.disabled = False
+
+    def forward(self, *args, **kwargs):
+        active = self.original_module if self.disabled else self.modules_to_save
+        return active(*args, **kwargs)
+
+
+# --- finding targets --------------------------------------------------------------------------
+def candidate_modules(model: nn.Module) -> list[str]:
+    """Short names of every layer LoRA can wrap, e.g. ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if n and isinstance(m, SUPPORTED_TYPES)})
+
+
+def _output_layer_name(model: nn.Module) -> str | None:
+    get = getattr(model, "get_output_embeddings", None)
+    out = get() if callable(get) else None
+    return next((n for n, m in model.named_modules() if m is out), None) if out is not None else None
+
+
+def _layer_index(name: str, patterns: list[str] | None) -> int | None:
+    if not patterns:
+        m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)  # the first numbered segment
+    else:
+        m = next((m for p in patterns if (m := re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name))), None)
+    return int(m.group("idx")) if m else None
+
+
+def _is_target(name: str, targets: list[str] | str, cfg: LoraConfig) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    if name in targets:
+        return True
+    if not any(name.endswith("." + t) for t in targets):
+        return False
+    if cfg.layers_to_transform is None:
+        return True
+    return _layer_index(name, cfg.layers_pattern) in cfg.layers_to_transform
+
+
+def _resolved_targets(model: nn.Module, cfg: LoraConfig) -> list[str] | str:
+    if cfg.target_modules == ALL_LINEAR:
+        out = _output_layer_name(model)
+        return sorted(n for n, m in model.named_modules()
+                      if isinstance(m, (nn.Linear, Conv1D)) and n != out)
+    if cfg.target_modules is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in DEFAULT_TARGETS:
+            raise ValueError(f"target_modules=None has no default for model_type={model_type!r}: "
+                             f"give target_modules, e.g. one of {candidate_modules(model)}")
+        return DEFAULT_TARGETS[model_type]
+    return cfg.target_modules
+
+
+def matched_modules(model: nn.Module, cfg: LoraConfig) -> list[str]:
+    """Full names of the modules `cfg` targets in `model`, in model order (may be empty)."""
+    targets = _resolved_targets(model, cfg)
+    saved = cfg.modules_to_save or []
+    names = []
+    for name, _ in model.named_modules():
+        if not name or any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
+            continue  # PEFT never puts an adapter inside a module it saves in full
+        if _is_target(name, targets, cfg):
+            names.append(name)
+    return names
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+# --- inject / remove ----------------------------------------------------------------------------
+def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
+    """Wrap every targeted layer of `model` in place; freeze the rest. Returns the wrapped names.
+
+    Everything is checked before anything changes, so a ValueError leaves `model` as it was.
+    """
+    if any(isinstance(m, (LoraLayer, ModulesToSaveWrapper)) for m in model.modules()):
+        raise ValueError("model already has LoRA layers: inject once, or call remove_lora(model) first")
+    names = matched_modules(model, cfg)
+    if not names:
+        raise ValueError(f"target_modules={cfg.target_modules!r} matches no module of this model: "
+                         f"candidates are {candidate_modules(model)}, 'all-linear' or a regex")
+    modules = dict(model.named_modules())
+    for name in names:  # validate first: layer type, rank, init, with the layer named
+        check_lora_target(modules[name], cfg, name)
+    saved = [n for n in modules if n and cfg.modules_to_save
+             and any(n.endswith(t) for t in cfg.modules_to_save)]
+    if cfg.modules_to_save and not saved:
+        raise ValueError(f"modules_to_save={cfg.modules_to_save!r} matches no module of this model")
+    # Every check has passed: from here on nothing raises, so the model is never half-injected.
+    layers = {name: make_lora_layer(modules[name], cfg, name) for name in names}
+    for name, layer in layers.items():
+        _set_submodule(model, name, layer)
+    for name in saved:
+        _set_submodule(model, name, ModulesToSaveWrapper(model.get_submodule(name)))
+    _mark_trainable(model, cfg.bias)
+    model.lora_config = cfg
+    return names
+
+
+def _mark_trainable(model: nn.Module, bias: str) -> None:
+    """PEFT's `_mark_only_adapters_as_trainable`: factors, the chosen biases, saved copies."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, LoraLayer):
+            m.lora_A.weight.requires_grad_(True)
+            m.lora_B.weight.requires_grad_(True)
+            if bias == "lora_only" and getattr(m.base_layer, "bias", None) is not None:
+                m.base_layer.bias.requires_grad_(True)
+        elif isinstance(m, ModulesToSaveWrapper):
+            m.modules_to_save.requires_grad_(True)
+    if bias == "all":
+        for n, p in model.named_parameters():
+            if n == "bias" or n.endswith(".bias"):
+                p.requires_grad_(True)
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
+    """[(name, layer)] for every LoRA layer in `model`, in model order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) over unique parameters, as PEFT's `get_nb_trainable_parameters`.
+
+    The total includes the adapter itself and counts a tied weight (GPT-2's wte/lm_head) once.
+    """
+    trainable = total = 0
+    for p in model.parameters():  # parameters() yields each tied tensor once
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def peft_line(trainable: int, total: int) -> str:
+    """PEFT's `print_trainable_parameters` line."""
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold ΔW into every LoRA layer's weight (out of place; see layers.py)."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """Undo `merge_lora`, restoring the original weights bit for bit."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+
+
+def _unwrap(model: nn.Module, merge: bool) -> nn.Module:
+    for name, layer in lora_layers(model):
+        if merge and not layer.merged:
+            layer.merge()
+        if not merge and layer.merged:
+            layer.unmerge()
+        _set_submodule(model, name, layer.base_layer)
+    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
+        _set_submodule(model, name, m.original_module if not merge else m.modules_to_save)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every adapter and return the plain model: no LoRA modules, zero inference overhead."""
+    return _unwrap(model, merge=True)
+
+
+def remove_lora(model: nn.Module) -> nn.Module:
+    """Drop every adapter without merging and return the original model."""
+    return _unwrap(model, merge=False)
+
+
+@contextlib.contextmanager
+def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model behaves as its base (merged layers are unmerged for the while)."""
+    layers = [m for m in model.modules() if isinstance(m, (LoraLayer, ModulesToSaveWrapper))]
+    remerge = [m for m in layers if isinstance(m, LoraLayer) and m.merged]
+    for m in remerge:
+        m.unmerge()
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
+        for m in remerge:
+            m.merge()
