@@ -1,0 +1,64 @@
+"""lora_core: a small LoRA library written from scratch, PEFT-exact, for LoRA Lab.
+
+    import lora_core as lc
+    cfg = lc.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"])
+    names = lc.inject_lora(model, cfg)
+    lc.trainable_parameters(model)            # (trainable, total), as PEFT counts them
+    print(lc.count_lora_parameters("distilgpt2", cfg))   # ledger; no weights needed
+
+References: LoRA (arXiv 2106.09685), QLoRA (arXiv 2305.14314), rsLoRA (arXiv 2312.03732).
+This package never imports streamlit.
+"""
+
+from .config import LoraConfig
+from .counting import Ledger, LedgerRow, count_lora_parameters, ledger_of
+from .device import autocast, describe_device, pick_device
+from .inject import (
+    ModulesToSaveWrapper,
+    candidate_modules,
+    disable_lora,
+    inject_lora,
+    lora_layers,
+    matched_modules,
+    merge_and_unload,
+    merge_lora,
+    peft_line,
+    remove_lora,
+    trainable_parameters,
+    unmerge_lora,
+)
+from .layers import LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
+from .models import (
+    ModelSource,
+    ModelUnavailableError,
+    available_configs,
+    build_on_meta,
+    cache_dir,
+    default_model_name,
+    gpt2_tokenizer,
+    load_config,
+    load_model,
+    source_info,
+)
+from .peft_io import adapter_state_dict, load_adapter, read_adapter_config, save_adapter
+from .spectrum import (
+    effective_rank,
+    energy_captured,
+    factor_singular_values,
+    low_rank_approximation,
+    numerical_rank,
+    singular_values,
+    subspace_similarity,
+)
+
+__all__ = [
+    "Ledger", "LedgerRow", "LoraConfig", "LoraConv2d", "LoraEmbedding", "LoraLayer", "LoraLinear",
+    "ModelSource", "ModelUnavailableError", "ModulesToSaveWrapper",
+    "adapter_state_dict", "autocast", "available_configs", "build_on_meta", "cache_dir", "candidate_modules",
+    "count_lora_parameters", "default_model_name", "describe_device", "disable_lora", "effective_rank",
+    "energy_captured", "factor_singular_values", "gpt2_tokenizer", "inject_lora", "ledger_of", "load_adapter",
+    "load_config", "load_model", "lora_layers", "low_rank_approximation", "matched_modules", "merge_and_unload",
+    "merge_lora", "numerical_rank", "peft_line", "pick_device", "read_adapter_config", "remove_lora",
+    "save_adapter", "singular_values", "source_info", "subspace_similarity", "trainable_parameters",
+    "unmerge_lora",
+]

@@ -1,0 +1,129 @@
+"""The parameter ledger: what LoRA adds, per module type, with PEFT's totals. No weights needed.
+
+A LoRA pair on a layer (in → out) at rank r adds r·(in + out) parameters: A is (r, in), B is
+(out, r). The model is built on the meta device from its config, so a 7B ledger takes
+milliseconds and no memory. The total counts every unique parameter *after* injection, the
+adapter included, as PEFT's `print_trainable_parameters` does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+from transformers import PretrainedConfig
+
+from .config import LoraConfig
+from .inject import inject_lora, lora_layers, peft_line, trainable_parameters
+from .models import build_on_meta
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """All targeted modules of one kind, e.g. every `transformer.h.*.attn.c_attn`."""
+
+    module: str          # name pattern with the layer index replaced by '*'
+    layer_type: str      # Linear, Conv1D, Embedding, Conv2d
+    in_features: int
+    out_features: int
+    count: int           # how many modules of this kind are wrapped
+    r: int
+
+    @property
+    def weight_params(self) -> int:
+        """Parameters in one frozen weight (in × out)."""
+        return self.in_features * self.out_features
+
+    @property
+    def lora_per_module(self) -> int:
+        """r · (in + out): A is (r, in), B is (out, r)."""
+        return self.r * (self.in_features + self.out_features)
+
+    @property
+    def lora_params(self) -> int:
+        return self.count * self.lora_per_module
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Per-kind rows plus PEFT's (trainable, total)."""
+
+    model: str
+    rows: list[LedgerRow]
+    trainable: int          # LoRA factors + trainable biases + modules_to_save copies
+    total: int              # all unique parameters after injection (PEFT's "all params")
+    base_total: int         # the model before LoRA
+    wrapped: list[str] = field(repr=False, default_factory=list)
+
+    @property
+    def lora_params(self) -> int:
+        return sum(row.lora_params for row in self.rows)
+
+    @property
+    def other_trainable(self) -> int:
+        """Biases (bias='all'/'lora_only') and modules_to_save copies."""
+        return self.trainable - self.lora_params
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100 * self.trainable / self.total
+
+    @property
+    def peft_line(self) -> str:
+        return peft_line(self.trainable, self.total)
+
+    def records(self) -> list[dict]:
+        """One dict per row, for tables."""
+        return [{"module": r.module, "type": r.layer_type, "in": r.in_features, "out": r.out_features,
+                 "count": r.count, "weight params": r.weight_params, "r·(in+out)": r.lora_per_module,
+                 "LoRA params": r.lora_params} for r in self.rows]
+
+    def __str__(self) -> str:
+        head = f"{'module':<42} {'type':<9} {'in→out':>12} {'×':>4} {'r·(in+out)':>11} {'LoRA params':>13}"
+        lines = [f"LoRA ledger for {self.model}", head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(f"{r.module:<42} {r.layer_type:<9} {f'{r.in_features}→{r.out_features}':>12} "
+                         f"{r.count:>4} {r.lora_per_module:>11,} {r.lora_params:>13,}")
+        lines.append("-" * len(head))
+        lines.append(f"{'LoRA factors':<42} {'':<9} {'':>12} {'':>4} {'':>11} {self.lora_params:>13,}")
+        if self.other_trainable:
+            lines.append(f"{'other trainable (biases, saved modules)':<42} {'':<9} {'':>12} {'':>4} {'':>11} "
+                         f"{self.other_trainable:>13,}")
+        lines.append(self.peft_line)
+        return "\n".join(lines)
+
+
+def _kind(name: str) -> str:
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
+def ledger_of(model: nn.Module, name: str = "model") -> Ledger:
+    """Tabulate a model that already has LoRA injected (any device, meta included)."""
+    groups: dict[tuple, int] = {}
+    for layer_name, layer in lora_layers(model):
+        key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features, layer.r)
+        groups[key] = groups.get(key, 0) + 1
+    rows = [LedgerRow(k[0], k[1], k[2], k[3], count, k[4]) for k, count in groups.items()]
+    trainable, total = trainable_parameters(model)
+    lora = sum(r.lora_params for r in rows)
+    saved_copies = sum(p.numel() for n, p in model.named_parameters() if ".modules_to_save." in n)
+    return Ledger(name, rows, trainable, total, total - lora - saved_copies,
+                  [n for n, _ in lora_layers(model)])
+
+
+def count_lora_parameters(model: str | PretrainedConfig | nn.Module, cfg: LoraConfig) -> Ledger:
+    """The ledger for `cfg` on a shipped model name, a local model dir, a config, or a model.
+
+    Built on the meta device, so it needs no weights and never touches the model you pass.
+    """
+    source = model
+    if isinstance(model, nn.Module):
+        source = getattr(model, "config", None)
+        if source is None:
+            raise ValueError(f"model={type(model).__name__} has no .config to rebuild it from: "
+                             "pass a shipped model name, a local model directory or a transformers config")
+    meta = build_on_meta(source)
+    inject_lora(meta, cfg)
+    name = model if isinstance(model, str) else getattr(source, "_name_or_path", "") or meta.config.model_type
+    return ledger_of(meta, name)

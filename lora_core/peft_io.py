@@ -1,0 +1,160 @@
+"""Adapters in HF PEFT's on-disk format, both directions.
+
+A PEFT LoRA adapter is a folder with two files:
+    adapter_config.json         the LoraConfig (peft_type "LORA", r, lora_alpha, target_modules, ...)
+    adapter_model.safetensors   the trained tensors, keyed like
+        base_model.model.transformer.h.0.attn.c_attn.lora_A.weight        (r, in)
+        base_model.model.transformer.h.0.attn.c_attn.lora_B.weight        (out, r)
+        base_model.model.transformer.wte.lora_embedding_A                 (r, num_embeddings)
+        base_model.model.transformer.h.0.attn.c_attn.base_layer.bias      (bias="all"/"lora_only")
+        base_model.model.lm_head.weight                                   (modules_to_save)
+Our module tree mirrors PEFT's minus the adapter name, so the mapping is a prefix plus two renames.
+Files are written atomically (temp file, then rename); only safetensors are read, never pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from transformers.pytorch_utils import Conv1D
+
+from .config import LoraConfig
+from .inject import ModulesToSaveWrapper, inject_lora, lora_layers, remove_lora
+from .layers import LoraEmbedding
+
+PREFIX = "base_model.model."
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def _adapter_keys(model: nn.Module) -> dict[str, str]:
+    """{PEFT checkpoint key: our parameter name} for everything an adapter file holds."""
+    cfg: LoraConfig = model.lora_config
+    keys: dict[str, str] = {}
+    for name, layer in lora_layers(model):
+        a, b = ("lora_embedding_A", "lora_embedding_B") if isinstance(layer, LoraEmbedding) \
+            else ("lora_A.weight", "lora_B.weight")
+        keys[f"{PREFIX}{name}.{a}"] = f"{name}.lora_A.weight"
+        keys[f"{PREFIX}{name}.{b}"] = f"{name}.lora_B.weight"
+        if cfg.bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
+            keys[f"{PREFIX}{name}.base_layer.bias"] = f"{name}.base_layer.bias"
+    if cfg.bias == "all":
+        for name, _ in model.named_parameters():
+            if name.endswith(".bias"):
+                keys[PREFIX + name] = name
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            for p, _ in module.modules_to_save.named_parameters():
+                keys[f"{PREFIX}{name}.{p}"] = f"{name}.modules_to_save.{p}"
+    return keys
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of the adapter, under PEFT's checkpoint keys (on CPU, contiguous)."""
+    if not hasattr(model, "lora_config"):
+        raise ValueError("model has no LoRA adapter: call inject_lora(model, cfg) first")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {k: params[n].detach().cpu().contiguous() for k, n in _adapter_keys(model).items()}
+
+
+def adapter_config_dict(model: nn.Module) -> dict:
+    """adapter_config.json's content, with targets resolved the way PEFT stores them."""
+    cfg: LoraConfig = model.lora_config
+    d = cfg.to_peft_dict()
+    if cfg.target_modules is None:  # PEFT writes the architecture default it used
+        d["target_modules"] = sorted({n.rsplit(".", 1)[-1] for n, _ in lora_layers(model)})
+    d["fan_in_fan_out"] = any(isinstance(m.base_layer, Conv1D) for _, m in lora_layers(model))
+    if d.get("base_model_name_or_path") is None:
+        d["base_model_name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return d
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors that `PeftModel.from_pretrained` reads."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = adapter_state_dict(model)
+    config = json.dumps(adapter_config_dict(model), indent=2, sort_keys=True)
+    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(config))
+    return out
+
+
+def read_adapter_config(directory: str | os.PathLike) -> LoraConfig:
+    """The LoraConfig stored in a PEFT adapter folder."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"adapter={str(directory)!r} has no {CONFIG_NAME}: not a PEFT adapter folder")
+    try:
+        d = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"adapter config {str(path)!r} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"adapter config {str(path)!r} must hold a JSON object")
+    return LoraConfig.from_peft_dict(d)
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Load a PEFT-format adapter into `model` (injecting LoRA first if it has none).
+
+    Every name and shape is checked before any tensor is copied, so a bad file changes nothing.
+    """
+    cfg = read_adapter_config(directory)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ValueError(f"adapter={str(directory)!r} has no {WEIGHTS_NAME} (only safetensors are read)")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"adapter weights {str(weights)!r} could not be read: {e}") from None
+    fresh = not hasattr(model, "lora_config")
+    if fresh:
+        inject_lora(model, cfg)
+    try:
+        _copy_in(model, tensors)
+    except ValueError:
+        if fresh:
+            remove_lora(model)
+        raise
+    return model
+
+
+def _copy_in(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    keys = _adapter_keys(model)
+    missing = sorted(set(keys) - set(tensors))
+    unexpected = sorted(set(tensors) - set(keys))
+    if missing or unexpected:
+        raise ValueError("adapter does not fit this model: "
+                         f"missing {missing[:5]}{' …' if len(missing) > 5 else ''}; "
+                         f"unexpected {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for key, name in keys.items():
+        if tuple(tensors[key].shape) != tuple(params[name].shape):
+            raise ValueError(f"adapter tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                             f"but this model needs {tuple(params[name].shape)}")
+    with torch.no_grad():
+        for key, name in keys.items():
+            p = params[name]
+            if ".lora_A." in name or ".lora_B." in name or ".modules_to_save." in name:
+                p.copy_(tensors[key])  # our own tensors: safe to write in place
+            else:  # a base bias, which may be shared with other models: swap in a new tensor
+                owner, _, leaf = name.rpartition(".")
+                mod = model.get_submodule(owner)
+                setattr(mod, leaf, nn.Parameter(tensors[key].to(p.device, p.dtype), requires_grad=p.requires_grad))
