@@ -1,0 +1,258 @@
+"""Tests for lora_core.models and lora_core.device (offline, CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+import torch
+
+from lora_core import models
+from lora_core.device import autocast, describe_device, pick_device
+from lora_core.models import (
+    ModelUnavailableError,
+    available_configs,
+    build_on_meta,
+    load_config,
+    load_model,
+    source_info,
+)
+
+EXPECTED_COUNTS = {
+    "distilgpt2": 81_912_576,
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "SmolLM2-135M": 134_515_008,
+    "Llama-2-7b": 6_738_415_616,
+    "Mistral-7B": 7_241_732_096,
+    "Llama-3-8B": 8_030_261_248,
+}
+SENTENCE = "The capital of France is Paris. It is a beautiful city with many museums."
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # No test may reach for the hub; the machine may have no internet at all.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        start = time.perf_counter()
+        model, tok = load_model("smollm2-135m", device="cpu")
+        print(f"\nsmollm2-135m load: {time.perf_counter() - start:.1f} s")
+    return model, tok
+
+
+# ------------------------------------------------------------ configs ---
+
+
+def test_available_configs_lists_all_shipped():
+    assert sorted(available_configs()) == sorted(EXPECTED_COUNTS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
+def test_meta_parameter_counts(name):
+    start = time.perf_counter()
+    model = build_on_meta(name)
+    elapsed = time.perf_counter() - start
+    # model.parameters() deduplicates tied tensors, so tied lm_heads count once.
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED_COUNTS[name]
+    assert all(p.is_meta for p in model.parameters())
+    assert elapsed < 10  # typically ~20 ms; generous for slow CI
+
+
+def test_tied_embeddings_follow_config():
+    small = build_on_meta("SmolLM2-135M")
+    assert small.lm_head.weight is small.model.embed_tokens.weight
+    big = build_on_meta("Llama-2-7b")
+    assert big.lm_head.weight is not big.model.embed_tokens.weight
+
+
+def test_smollm2_config_matches_gguf_metadata():
+    cfg = load_config("smollm2-135m")  # case-insensitive
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (
+        576,
+        1536,
+        30,
+    )
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (
+        9,
+        3,
+        49152,
+    )
+    assert cfg.tie_word_embeddings and cfg.max_position_embeddings == 8192
+    assert cfg.rope_parameters["rope_theta"] == 100000
+
+
+def test_load_config_from_directory(tmp_path):
+    load_config("gpt2").save_pretrained(tmp_path)
+    assert load_config(tmp_path).n_layer == 12
+
+
+def test_load_config_unknown_name():
+    with pytest.raises(ValueError) as err:
+        load_config("gpt5-ultra")
+    msg = str(err.value)
+    assert "model" in msg and "gpt5-ultra" in msg and "Llama-3-8B" in msg
+
+
+# ------------------------------------------------------- random model ---
+
+
+def test_distilgpt2_random_shapes_and_tokenizer():
+    model, tok = load_model("distilgpt2-random", device="cpu")
+    c_attn = model.transformer.h[0].attn.c_attn
+    assert type(c_attn).__name__ == "Conv1D"  # GPT-2 stores weights as (in, out)
+    assert tuple(c_attn.weight.shape) == (768, 2304)
+    assert len(model.transformer.h) == 6 and not model.training
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>"
+    assert not source_info("distilgpt2-random").pretrained
+
+
+def test_distilgpt2_random_is_deterministic_and_keeps_global_rng():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, _ = load_model("distilgpt2-random", device="cpu")
+    assert torch.rand(1) == expected_next  # caller's RNG stream untouched
+    b, _ = load_model("distilgpt2-random", device="cpu")
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_gpt2_tokenizer_is_cached():
+    assert models.gpt2_tokenizer() is models.gpt2_tokenizer()
+    assert models.gpt2_tokenizer().decode([15496, 995]) == "Hello world"
+
+
+def test_load_local_directory_and_dtype(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2))
+    tiny.save_pretrained(tmp_path)  # no tokenizer files: GPT-2 BPE fallback
+    model, tok = load_model(str(tmp_path), device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and not model.training
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+    assert source_info(str(tmp_path)).available
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"model.*llama-9000.*smollm2-135m"):
+        load_model("llama-9000")
+    with pytest.raises(ValueError, match=r"config\.json"):
+        load_model(str(tmp_path))  # a directory, but not a model
+    with pytest.raises(ValueError, match=r"dtype.*int3"):
+        load_model("distilgpt2-random", dtype="int3")
+
+
+# ------------------------------------------------------------ SmolLM2 ---
+
+
+@pytest.mark.slow  # first run converts the GGUF (~17 s); later runs ~1 s
+def test_smollm2_is_pretrained(smollm2):
+    model, tok = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and not model.training
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED_COUNTS["SmolLM2-135M"]
+    ids = tok(SENTENCE, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()
+    print(f"\nsmollm2-135m loss on sentence: {loss:.3f} nats (random ~10.8)")
+    assert loss < 4.0
+
+
+@pytest.mark.slow
+def test_smollm2_cache_and_source_info(smollm2):
+    cached = models.cache_dir() / "smollm2-135m"
+    assert (cached / "model.safetensors").is_file()
+    assert (cached / "tokenizer.json").is_file()
+    info = source_info("smollm2-135m")
+    assert info.available and info.pretrained and str(cached) in info.detail
+    _, tok = smollm2
+    assert tok.pad_token is not None
+
+
+# ------------------------------------------------- distilgpt2 offline ---
+
+
+def test_distilgpt2_offline_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    for var in ("HF_HUB_CACHE", "LORA_LAB_DISTILGPT2"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as err:
+        load_model("distilgpt2")
+    print(f"\ndistilgpt2 offline failure after {time.perf_counter() - start:.2f} s")
+    msg = str(err.value)
+    assert "HF_HOME" in msg and "smollm2-135m" in msg and "distilgpt2-random" in msg
+    assert not source_info("distilgpt2").available
+    assert models.default_model_name() == "smollm2-135m"
+
+
+def test_distilgpt2_from_hf_cache_layout(monkeypatch, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    # Mimic huggingface_hub's cache layout: refs/main -> snapshots/<commit>/.
+    repo = tmp_path / "hub" / "models--distilbert--distilgpt2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2))
+    tiny.save_pretrained(repo / "snapshots" / "abc123")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    for var in ("HF_HUB_CACHE", "LORA_LAB_DISTILGPT2"):
+        monkeypatch.delenv(var, raising=False)
+    assert source_info("distilgpt2").available
+    assert models.default_model_name() == "distilgpt2"
+    model, tok = load_model("distilgpt2", device="cpu")
+    assert model.config.n_layer == 1 and tok("Hello world")["input_ids"] == [15496, 995]
+
+
+def test_distilgpt2_from_env_directory(monkeypatch, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)).save_pretrained(tmp_path)
+    monkeypatch.setenv("LORA_LAB_DISTILGPT2", str(tmp_path))
+    assert source_info("distilgpt2").available
+    model, tok = load_model("distilgpt2", device="cpu")
+    assert model.config.n_embd == 32 and tok.pad_token == "<|endoftext|>"
+
+
+# ------------------------------------------------------------- device ---
+
+
+def test_pick_device_defaults_and_env(monkeypatch):
+    monkeypatch.delenv("LORA_LAB_DEVICE", raising=False)
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device().type in {"cuda", "mps", "cpu"}
+    monkeypatch.setenv("LORA_LAB_DEVICE", "cpu")
+    assert pick_device() == torch.device("cpu")
+
+
+def test_pick_device_errors(monkeypatch):
+    with pytest.raises(ValueError, match=r"device.*'tpu'.*allowed"):
+        pick_device("tpu")
+    monkeypatch.setenv("LORA_LAB_DEVICE", "quantum")
+    with pytest.raises(ValueError, match=r"device.*'quantum'"):
+        pick_device()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device.*'cuda'.*available: .*cpu"):
+            pick_device("cuda")
+
+
+def test_autocast_and_describe_cpu():
+    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
+    assert describe_device("cpu").startswith("CPU (")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_autocast_and_describe():
+    device = pick_device("auto")
+    assert device.type == "cuda" and describe_device(device).startswith("CUDA: ")
+    with autocast(device):
+        out = torch.ones(4, 4, device=device) @ torch.ones(4, 4, device=device)
+    assert out.dtype == torch.bfloat16

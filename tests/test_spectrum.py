@@ -1,0 +1,71 @@
+"""The ΔW spectrum from the factors equals the full SVD; rank ≤ r; φ behaves as in the LoRA paper."""
+
+import pytest
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+import lora_core as lc
+
+
+def _layer(base, r=8, alpha=16, **kw):
+    torch.manual_seed(0)
+    return lc.LoraLinear(base, lc.LoraConfig(r=r, lora_alpha=alpha, init_lora_weights=False, **kw))
+
+
+@pytest.mark.parametrize("base", [nn.Linear(768, 2304), Conv1D(2304, 768)], ids=["linear", "conv1d"])
+def test_singular_values_equal_svdvals_of_the_full_delta(base):
+    layer = _layer(base)
+    full = torch.linalg.svdvals(layer.delta_weight().double())
+    ours = lc.singular_values(layer)
+    assert ours.shape == (8,)
+    torch.testing.assert_close(ours.double(), full[:8], rtol=1e-4, atol=1e-6)
+    assert float(full[8:].max()) < 1e-5 * float(full[0])          # rank(ΔW) ≤ r
+    assert lc.numerical_rank(ours) == 8
+
+
+def test_fresh_adapter_has_an_all_zero_spectrum():
+    layer = lc.LoraLinear(nn.Linear(64, 64), lc.LoraConfig(r=4))
+    assert float(lc.singular_values(layer).abs().max()) == 0.0     # B = 0 ⇒ ΔW = 0
+    assert lc.numerical_rank(lc.singular_values(layer)) == 0
+
+
+def test_rank_one_update_has_rank_one():
+    layer = _layer(nn.Linear(32, 48), r=4)
+    with torch.no_grad():
+        layer.lora_B.weight.copy_(torch.randn(48, 1) @ torch.randn(1, 4))
+    sv = lc.singular_values(layer)
+    assert lc.numerical_rank(sv) == 1
+    assert lc.effective_rank(sv) == pytest.approx(1.0, abs=1e-3)
+    assert lc.energy_captured(sv, 1) == pytest.approx(1.0)
+
+
+def test_energy_and_effective_rank_of_a_flat_spectrum():
+    sv = torch.ones(8)
+    assert lc.energy_captured(sv, 2) == pytest.approx(0.25)
+    assert lc.effective_rank(sv) == pytest.approx(8.0)
+
+
+def test_low_rank_approximation_is_eckart_young():
+    torch.manual_seed(0)
+    W = torch.randn(40, 30)
+    s = torch.linalg.svdvals(W)
+    for k in (1, 5, 30):
+        err = torch.linalg.matrix_norm(W - lc.low_rank_approximation(W, k))
+        assert float(err) == pytest.approx(float(s[k:].square().sum().sqrt()), abs=1e-4)
+    with pytest.raises(ValueError, match="k=31"):
+        lc.low_rank_approximation(W, 31)
+
+
+def test_subspace_similarity():
+    torch.manual_seed(0)
+    A8 = torch.randn(8, 512)
+    A64 = torch.cat([A8, torch.randn(56, 512)])                    # contains A8's row space
+    phi = lc.subspace_similarity(A8, A64)
+    assert phi.shape == (8, 64)
+    assert float(phi[-1, -1]) == pytest.approx(1.0, abs=1e-4)     # 8-dim subspace inside the 64-dim one
+    assert float(phi.min()) >= -1e-6 and float(phi.max()) <= 1 + 1e-5
+    rand = lc.subspace_similarity(torch.randn(8, 512), torch.randn(8, 512))
+    assert float(rand[-1, -1]) < 0.1                               # random subspaces barely overlap
+    with pytest.raises(ValueError, match="same input size"):
+        lc.subspace_similarity(torch.randn(2, 5), torch.randn(2, 6))
