@@ -41,6 +41,7 @@ from .models import (
     source_info,
 )
 from .peft_io import adapter_state_dict, load_adapter, read_adapter_config, save_adapter
+from .sharing import shared_base_copy, shares_storage
 from .spectrum import (
     effective_rank,
     energy_captured,
@@ -59,6 +60,7 @@ __all__ = [
     "energy_captured", "factor_singular_values", "gpt2_tokenizer", "inject_lora", "ledger_of", "load_adapter",
     "load_config", "load_model", "lora_layers", "low_rank_approximation", "matched_modules", "merge_and_unload",
     "merge_lora", "numerical_rank", "peft_line", "pick_device", "read_adapter_config", "remove_lora",
-    "save_adapter", "singular_values", "source_info", "subspace_similarity", "trainable_parameters",
+    "save_adapter", "shared_base_copy", "shares_storage", "singular_values", "source_info",
+    "subspace_similarity", "trainable_parameters",
     "unmerge_lora",
 ]

@@ -157,13 +157,20 @@ def _mark_trainable(model: nn.Module, bias: str) -> None:
             m.lora_A.weight.requires_grad_(True)
             m.lora_B.weight.requires_grad_(True)
             if bias == "lora_only" and getattr(m.base_layer, "bias", None) is not None:
-                m.base_layer.bias.requires_grad_(True)
+                _train_own_copy(m.base_layer, "bias")
         elif isinstance(m, ModulesToSaveWrapper):
             m.modules_to_save.requires_grad_(True)
     if bias == "all":
-        for n, p in model.named_parameters():
+        for n, _ in list(model.named_parameters()):
             if n == "bias" or n.endswith(".bias"):
-                p.requires_grad_(True)
+                owner, _, leaf = n.rpartition(".")
+                _train_own_copy(model.get_submodule(owner) if owner else model, leaf)
+
+
+def _train_own_copy(module: nn.Module, name: str) -> None:
+    """Make a base parameter trainable on a private copy (the base may be shared; see sharing.py)."""
+    p = getattr(module, name)
+    setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=True))
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:

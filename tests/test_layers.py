@@ -196,3 +196,26 @@ def test_no_warnings_on_a_clean_inject():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lc.inject_lora(tiny_gpt2(), lc.LoraConfig(r=4, target_modules=["c_attn"]))
+
+
+def test_sessions_share_the_frozen_base_but_never_write_it(tokens):
+    base = tiny_gpt2()
+    with torch.no_grad():
+        base_logits = base(tokens).logits
+    snapshot = {n: p.detach().clone() for n, p in base.named_parameters()}
+    one, two = lc.shared_base_copy(base), lc.shared_base_copy(base)
+    assert lc.shares_storage(one, base) == len(list(base.parameters()))  # no weight memory copied
+    lc.inject_lora(one, lc.LoraConfig(r=4, target_modules="all-linear", bias="all", init_lora_weights=False))
+    lc.inject_lora(two, lc.LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights="pissa"))
+    opt = torch.optim.SGD([p for p in one.parameters() if p.requires_grad], lr=0.1)
+    one(tokens).logits.square().mean().backward()
+    opt.step()                                                     # trains LoRA factors and biases
+    lc.merge_lora(one)
+    with torch.no_grad():
+        two_logits = two(tokens).logits
+    lc.merge_lora(two)
+    assert all(torch.equal(p, snapshot[n]) for n, p in base.named_parameters())
+    assert all(p.requires_grad for p in base.parameters())         # its flags are untouched, too
+    with torch.no_grad():
+        torch.testing.assert_close(base(tokens).logits, base_logits)
+        torch.testing.assert_close(two(tokens).logits, two_logits, rtol=1e-4, atol=1e-4)

@@ -1,22 +1,11 @@
-"""Plotly figure builders shared by the app's pages and the lessons: one picture, one place.
-
-Builders take numbers computed elsewhere in lora_core and return a `plotly.graph_objects.Figure`;
-they compute nothing a user reads off the chart.
-"""
+"""Figures for parameter counts: one layer's W, A and B to scale; a ledger's rows."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from .counting import Ledger
-
-BLUE, ORANGE, GREY = "#1f77b4", "#ff7f0e", "#9aa0a6"
-
-
-def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
-    fig.update_layout(title=title, template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
-                      hoverlabel=dict(namelength=-1), **kw)
-    return fig
+from ..counting import Ledger
+from .style import BLUE, GREY, ORANGE, layout
 
 
 def weight_vs_adapter(in_features: int, out_features: int, r: int) -> go.Figure:
@@ -27,7 +16,7 @@ def weight_vs_adapter(in_features: int, out_features: int, r: int) -> go.Figure:
                            text=[f"{v:,}" for v in values], textposition="outside",
                            hovertemplate="%{x}<br>%{y:,} parameters<extra></extra>"))
     fig.update_yaxes(type="log", title="parameters (log scale)")
-    return _layout(fig, f"One {in_features}→{out_features} layer at r={r}: "
+    return layout(fig, f"One {in_features}→{out_features} layer at r={r}: "
                         f"{values[1] + values[2]:,} trainable vs {values[0]:,} frozen")
 
 
@@ -41,4 +30,4 @@ def ledger_bars(ledger: Ledger) -> go.Figure:
                        "%{customdata[0]} × %{customdata[3]:,}<br>= %{y:,} parameters<extra></extra>")))
     fig.update_yaxes(title="LoRA parameters")
     fig.update_xaxes(title="module kind")
-    return _layout(fig, ledger.peft_line)
+    return layout(fig, ledger.peft_line)
