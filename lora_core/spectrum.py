@@ -41,6 +41,13 @@ def energy_captured(sv: torch.Tensor, k: int) -> float:
     return float(sq[:k].sum()) / total if total > 0 else 0.0
 
 
+def energy_profile(sv: torch.Tensor) -> list[float]:
+    """energy_captured(sv, k) for k = 1..len(sv), as a list."""
+    sq = sv.detach().double() ** 2
+    total = float(sq.sum())
+    return (sq.cumsum(0) / total).tolist() if total > 0 else [0.0] * len(sq)
+
+
 def numerical_rank(sv: torch.Tensor, rtol: float = 1e-5) -> int:
     """How many singular values exceed rtol × the largest (0 for an all-zero matrix)."""
     if sv.numel() == 0 or float(sv.max()) == 0.0:
@@ -86,3 +93,57 @@ def subspace_similarity(A1: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
     i = torch.arange(1, cum.shape[0] + 1)[:, None]
     j = torch.arange(1, cum.shape[1] + 1)[None, :]
     return cum / torch.minimum(i, j)
+
+
+def rank_k_report(W: torch.Tensor, k: int) -> dict[str, float]:
+    """What keeping the top k singular values of W buys: energy, error, and storage.
+
+    Storing U_k diag(S_k) and V_k takes k·(m + n) numbers instead of m·n, the same count as a
+    rank-k LoRA pair B (m × k) and A (k × n).
+    """
+    m, n = W.shape
+    sv = torch.linalg.svdvals(W.float())
+    if not 1 <= k <= min(m, n):
+        raise ValueError(f"k={k} is not allowed: it must be between 1 and min{(m, n)} = {min(m, n)}")
+    return {
+        "k": k,
+        "energy": energy_captured(sv, k),
+        "relative_error": float(sv[k:].square().sum().sqrt() / sv.square().sum().sqrt()),
+        "stored": k * (m + n),
+        "full": m * n,
+    }
+
+
+def demo_image(height: int = 96, width: int = 160) -> torch.Tensor:
+    """A grey-scale test picture (text, shapes, a gradient) in [0, 1], drawn offline with Pillow."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("L", (width, height), color=235)
+    draw = ImageDraw.Draw(img)
+    for x in range(width):  # a soft horizontal gradient: rank one on its own
+        draw.line([(x, 0), (x, height)], fill=int(235 - 90 * x / width))
+    draw.ellipse([8, 10, 58, 60], fill=40)
+    draw.rectangle([70, 14, 150, 34], fill=200)
+    draw.polygon([(100, 90), (150, 90), (125, 45)], fill=90)
+    font = ImageFont.load_default(size=26)
+    draw.text((12, 58), "LoRA", fill=10, font=font)
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(height, width).float() / 255.0
+
+
+def spectrum_report(layer: LoraLayer) -> dict:
+    """ΔW's spectrum from the factors, checked against the full SVD, with both timed once.
+
+    Returns the singular values, numerical and effective rank, the largest disagreement with
+    `svdvals(ΔW)`, and the milliseconds each route took on this machine (one run, for show only).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    sv = singular_values(layer)
+    t_factors = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    full = torch.linalg.svdvals(layer.delta_weight().detach())
+    t_full = time.perf_counter() - t0
+    return {"singular_values": sv, "largest": float(sv[0]), "numerical_rank": numerical_rank(sv),
+            "effective_rank": effective_rank(sv), "max_abs_diff": float((sv - full[: len(sv)]).abs().max()),
+            "factors_ms": t_factors * 1e3, "full_ms": t_full * 1e3}

@@ -69,3 +69,17 @@ def test_subspace_similarity():
     assert float(rand[-1, -1]) < 0.1                               # random subspaces barely overlap
     with pytest.raises(ValueError, match="same input size"):
         lc.subspace_similarity(torch.randn(2, 5), torch.randn(2, 6))
+
+
+def test_rank_k_report_counts_storage_like_a_lora_pair():
+    img = lc.demo_image()
+    assert img.shape == (96, 160) and 0 <= float(img.min()) and float(img.max()) <= 1
+    rep = lc.rank_k_report(img, 8)
+    assert (rep["stored"], rep["full"]) == (8 * (96 + 160), 96 * 160)
+    assert 0.9 < rep["energy"] < 1 and 0 < rep["relative_error"] < 0.3
+    assert lc.energy_profile(torch.linalg.svdvals(img))[7] == pytest.approx(rep["energy"])
+
+
+def test_spectrum_report_agrees_with_the_full_svd():
+    rep = lc.spectrum_report(_layer(nn.Linear(96, 64), r=4))
+    assert rep["numerical_rank"] == 4 and rep["max_abs_diff"] < 1e-4
