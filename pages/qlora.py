@@ -1,0 +1,267 @@
+"""QLoRA and memory: NF4 built live, its error on real SmolLM2 weights, double quantization, and a
+memory estimator for full fine-tuning, LoRA and QLoRA. Every number comes from lora_core."""
+
+from dataclasses import replace
+
+import streamlit as st
+
+import lora_core as lc
+from lora_core import memory, quant, viz
+from pages.common import base_model, last_good
+
+MODEL = "smollm2-135m"
+LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.15.self_attn.q_proj", "model.layers.15.mlp.up_proj",
+          "model.layers.29.mlp.down_proj", "model.embed_tokens"]
+CONTROL = "control: seeded N(0, 0.02²), 576×576"
+BLOCK_SIZES = [16, 32, 64, 128, 256, 1024, 4096]
+METHOD_LABELS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+ERROR_COLUMNS = {"mean_abs_error": "mean |ŵ−w|", "rmse": "RMSE", "max_abs_error": "max |ŵ−w|",
+                 "relative_frobenius_error": "‖ŵ−w‖/‖w‖", "code_entropy_bits": "code entropy (bits)"}
+
+st.title("QLoRA and memory")
+st.caption("QLoRA (Dettmers et al. 2023, arXiv 2305.14314) fine-tunes LoRA adapters (arXiv 2106.09685) on top "
+           "of a base model stored in 4 bits. Below, the 4-bit format is built from scratch and measured, and "
+           "the memory of a training step is added up component by component.")
+
+# --- 1. the codebook ------------------------------------------------------------------------------
+st.header("1. NF4: sixteen quantiles of a normal distribution")
+st.markdown(
+    "A 4-bit code can only name 16 values, so the whole format is a list of 16 **levels** in [-1, 1]. "
+    "NF4 puts them where a normally distributed weight is most likely to be: at evenly spaced "
+    "*probabilities* of N(0, 1), read through the inverse CDF Φ⁻¹. Eight positive levels take the "
+    "probabilities from 0.9677 down to 0.5, seven negative levels mirror eight of them, and an exact 0 "
+    "completes the sixteen. Dividing by Φ⁻¹(0.9677) puts the outermost levels at ±1.")
+st.latex(r"q_i = \frac{\Phi^{-1}(p_i)}{\Phi^{-1}(0.9677)}, \qquad p_i \text{ evenly spaced in } [0.5,\ 0.9677]")
+st.markdown(
+    "Seed 002 says NF4 \"uses logarithmic scaling\". It does not. Below is NF4 next to a plain uniform "
+    "4-bit grid and a real logarithmic grid (sign bit plus 3-bit exponent, ±2⁻ᵏ): each of its levels is "
+    "half the next one, so it crowds its levels around 0 and leaves wide gaps near ±1.")
+
+books = quant.codebooks()
+st.plotly_chart(viz.codebook_levels(books, quant.normal_density_on_codebook_scale()), width="stretch")
+with st.expander("The 16 levels of each codebook"):
+    st.dataframe([{"code": i, **{name: round(levels[i].item(), 7) for name, levels in books.items()}}
+                  for i in range(16)], hide_index=True)
+
+# --- 2. blockwise absmax on real weights ------------------------------------------------------------
+st.header("2. Blockwise absmax, and the error on real weights")
+st.markdown(
+    "Before rounding, the weights are cut into **blocks of 64** and each block is divided by its own "
+    "largest |w|, its *absmax*. The block now fills [-1, 1] and its largest weight is stored exactly. "
+    "Each weight becomes the index of its nearest level, and the block keeps one fp32 constant. "
+    "Dequantizing multiplies the level back by that constant: ŵ = level · absmax. "
+    "Small blocks keep one outlier from flattening a whole row.")
+
+
+@st.cache_resource(show_spinner=False)
+def weights(name: str):
+    """The weight to study: a layer of the shared SmolLM2 (read only) or the seeded control."""
+    if name == CONTROL:
+        return quant.normal_weights()
+    model, _ = base_model(MODEL)
+    return model.get_submodule(name).weight
+
+
+try:
+    base_model(MODEL)
+    layer_options = [*LAYERS, CONTROL]
+except lc.ModelUnavailableError as err:
+    st.warning(f"SmolLM2 is not available here ({err}); only the synthetic control is shown.")
+    layer_options = [CONTROL]
+
+c1, c2 = st.columns(2)
+layer = c1.selectbox("weight matrix", layer_options, key="qlora_layer")
+block_size = c2.select_slider("block size", BLOCK_SIZES, value=64, key="qlora_block")
+
+
+@st.cache_data(show_spinner="Quantizing…")
+def study(name: str, block_size: int) -> dict:
+    w = weights(name)
+    books = quant.codebooks()
+    normalized, absmax = quant.block_normalize(w, block_size)
+    q = quant.quantize_blockwise(w, books["NF4"], block_size)
+    w_hat = quant.dequantize(q).reshape(-1)
+    first = [{"w": w.reshape(-1)[i].item(), "w / absmax": normalized[0, i].item(), "NF4 code": q.codes[0, i].item(),
+              "level": q.codebook[q.codes[0, i].long()].item(), "ŵ = level·absmax": w_hat[i].item()}
+             for i in range(8)]
+    errors = {k: quant.round_trip_error(w, cb, block_size) for k, cb in books.items()}
+    limit = max(e.abs().max().item() for e in errors.values())
+    dq = quant.double_quantize(q.absmax, 256, block_size)
+    return {"shape": tuple(w.shape), "first": first, "absmax0": absmax[0].item(), "n_blocks": absmax.numel(),
+            "hist": quant.value_histogram(normalized, bins=101, limit=1.0),
+            "table": {k: quant.quantization_error(w, cb, block_size) for k, cb in books.items()},
+            "error_hists": {k: quant.value_histogram(e, bins=81, limit=limit) for k, e in errors.items()},
+            "dq_bits": dq.bits_per_param(), "dq_error": dq.max_relative_error(q.absmax),
+            "storage": q.storage_bits()}
+
+
+@st.cache_data(show_spinner=False)
+def block_sweep(name: str) -> list[dict]:
+    w, nf4 = weights(name), quant.nf4_codebook()
+    return [{"block size": b, "NF4 RMSE": quant.quantization_error(w, nf4, b)["rmse"],
+             "constant bits / weight": quant.constant_bits_per_param(b, False),
+             "with double quantization": quant.constant_bits_per_param(b, True)} for b in BLOCK_SIZES]
+
+
+res = study(layer, block_size)
+if layer != CONTROL:
+    st.caption(f"`{layer}` of SmolLM2-135M-Instruct, {res['shape'][0]}×{res['shape'][1]}. The weights shipped "
+               f"here were unpacked from a Q4_1 GGUF file, so runs of 32 already sit on 16 evenly spaced values: "
+               f"that helps the uniform grid, not NF4. The seeded normal control has no such history.")
+left, right = st.columns([2, 3])
+with left:
+    st.metric(f"absmax of block 0 (of {res['n_blocks']:,})", f"{res['absmax0']:.5f}")
+    st.dataframe(res["first"], hide_index=True)
+    st.caption("The first 8 weights of block 0, rounded to NF4 and back.")
+with right:
+    st.plotly_chart(viz.weight_histogram(*res["hist"], books, f"{layer}: weights / block absmax, blocks of "
+                                         f"{block_size}"), width="stretch")
+
+table = [{"codebook": k, **{ERROR_COLUMNS[m]: v for m, v in row.items()}} for k, row in res["table"].items()]
+st.dataframe(table, hide_index=True)
+best = min(res["table"], key=lambda k: res["table"][k]["rmse"])
+ratios = {k: row["rmse"] / res["table"][best]["rmse"] for k, row in res["table"].items() if k != best}
+log_levels = books["log4"].tolist()
+entropy = ", ".join(f"{k} {row['code_entropy_bits']:.2f}" for k, row in res["table"].items())
+st.markdown(f"Measured on this matrix: **{best}** has the lowest RMSE; "
+            + ", ".join(f"{k} is {v:.2f}× worse" for k, v in ratios.items()) + ". "
+            f"Code entropy, in bits (16 codes can carry at most 4): {entropy}. Using the codes evenly is not "
+            f"enough on its own: the log grid puts 8 of its 16 levels within ±{log_levels[11]:g} and leaves a gap "
+            f"of {log_levels[15] - log_levels[14]:g} between its two largest, so the big weights, which carry "
+            "most of ‖w‖, are rounded coarsely.")
+st.plotly_chart(viz.error_histograms(res["error_hists"]), width="stretch")
+with st.expander("Block size: error against the cost of the constants"):
+    st.dataframe(block_sweep(layer), hide_index=True)
+    st.caption("Bigger blocks need fewer fp32 constants but let one large weight coarsen more neighbours.")
+
+# --- 3. double quantization ------------------------------------------------------------------------
+st.header("3. Double quantization: the constants get quantized too")
+plain, double = quant.constant_bits_per_param(64, False), quant.constant_bits_per_param(64, True)
+st.markdown(
+    "One fp32 absmax per 64 weights costs 32/64 bits per weight, as much as an eighth of the 4-bit code "
+    "itself. QLoRA quantizes those constants as well: subtract their mean, then store them in 8 bits, in "
+    "blocks of 256 with one fp32 constant per block.")
+st.latex(rf"\frac{{32}}{{64}} = {plain:g}\ \text{{bits}} \quad\longrightarrow\quad "
+         rf"\frac{{8}}{{64}} + \frac{{32}}{{64 \cdot 256}} = {double:.4f}\ \text{{bits per weight}}")
+d1, d2, d3 = st.columns(3)
+d1.metric("constants, plain", f"{plain:g} bits / weight")
+d2.metric("constants, double-quantized", f"{double:.3f} bits / weight", help=f"exactly {double}")
+d3.metric(f"measured on this matrix (blocks of {block_size})", f"{res['dq_bits']:.4f} bits / weight",
+          help="8-bit codes, fp32 second-level constants and the mean, divided by the number of weights; "
+               f"largest relative error of a reconstructed absmax: {res['dq_error']:.2%}")
+
+# --- 4. memory -------------------------------------------------------------------------------------
+st.header("4. Memory: full fine-tuning, LoRA and QLoRA")
+st.markdown(
+    "Training memory has five parts: the **weights**, the 4-bit format's **quantization constants**, one "
+    "**gradient** per trainable parameter, the **optimizer states**, and the **activations** saved for the "
+    "backward pass. LoRA shrinks gradients and optimizer states, because only A and B train. QLoRA then "
+    "shrinks the frozen weights themselves.")
+
+KEYS = {"model": "qlora_model", "method": "qlora_method", "r": "qlora_r", "target_modules": "qlora_targets",
+        "weight_dtype": "qlora_dtype", "batch_size": "qlora_batch", "seq_len": "qlora_seq",
+        "optimizer": "qlora_opt", "gradient_checkpointing": "qlora_gc", "flash_attention": "qlora_flash",
+        "double_quant": "qlora_dq", "master_weights": "qlora_master", "lora_dropout": "qlora_dropout"}
+PRESET = memory.SEED_002_QLORA
+
+
+def load_seed_002() -> None:
+    """Put every input back to seed 002's setup (also the page's starting point)."""
+    for field, key in KEYS.items():
+        value = getattr(PRESET, field)
+        st.session_state[key] = "" if field == "target_modules" and value is None else value
+
+
+if any(key not in st.session_state for key in KEYS.values()):
+    load_seed_002()
+st.button("Load seed 002's setup: Llama-2-7b, QLoRA, r=64, batch 4", on_click=load_seed_002)
+configs = lc.available_configs()
+c1, c2, c3, c4 = st.columns(4)
+model = c1.selectbox("model (shapes only)", configs, key=KEYS["model"])
+method = c2.radio("method", list(METHOD_LABELS), format_func=METHOD_LABELS.get, key=KEYS["method"], horizontal=True)
+dtype = c3.selectbox("weight / compute dtype", list(memory.DTYPE_BYTES), key=KEYS["weight_dtype"])
+optimizer = c4.selectbox("optimizer", list(memory.OPTIMIZERS), key=KEYS["optimizer"])
+c1, c2, c3, c4 = st.columns(4)
+r = c1.number_input("rank r", min_value=1, step=1, key=KEYS["r"])
+targets = c2.text_input("target_modules", key=KEYS["target_modules"],
+                        help="comma-separated names, 'all-linear', or empty for PEFT's default")
+batch = c3.number_input("batch size", min_value=1, step=1, key=KEYS["batch_size"])
+seq = c4.number_input("sequence length", min_value=1, step=64, key=KEYS["seq_len"])
+c1, c2, c3, c4, c5 = st.columns(5)
+dropout = c1.number_input("lora_dropout", min_value=0.0, max_value=0.99, step=0.05, key=KEYS["lora_dropout"])
+gc = c2.toggle("gradient checkpointing", key=KEYS["gradient_checkpointing"])
+flash = c3.toggle("FlashAttention", key=KEYS["flash_attention"])
+dq = c4.toggle("double quantization", key=KEYS["double_quant"])
+master = c5.toggle("fp32 master weights", key=KEYS["master_weights"],
+                   help="full fine-tuning in 16 bits: keep an fp32 copy of every weight (mixed precision)")
+
+
+def parse_targets(text: str) -> list[str] | str | None:
+    text = text.strip()
+    if not text:
+        return None
+    return "all-linear" if text == "all-linear" else [t.strip() for t in text.split(",")]
+
+
+def estimates() -> tuple[memory.MemoryConfig, dict[str, memory.MemoryEstimate]]:
+    cfg = memory.MemoryConfig(model=model, method=method, r=int(r), target_modules=parse_targets(targets),
+                              lora_alpha=PRESET.lora_alpha, lora_dropout=float(dropout), weight_dtype=dtype,
+                              batch_size=int(batch), seq_len=int(seq), optimizer=optimizer,
+                              gradient_checkpointing=gc, flash_attention=flash, double_quant=dq, master_weights=master)
+    return cfg, memory.compare_methods(cfg)
+
+
+result = last_good("qlora:memory", estimates)
+if result:
+    cfg, by_method = result
+    est = by_method[cfg.method]
+    st.plotly_chart(viz.memory_bars({METHOD_LABELS[m]: e for m, e in by_method.items()}), width="stretch")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric(f"{METHOD_LABELS[cfg.method]}, total", f"{memory.gib(est.total):.2f} GiB")
+    m2.metric("trainable parameters", f"{est.trainable_params:,}")
+    m3.metric("layers with LoRA", f"{est.layers_with_lora} of {est.num_layers}" if cfg.method != "full" else "—")
+    m4.metric("base parameters", f"{est.base_params:,}")
+    st.dataframe([{"component": row["component"], "GiB": round(row["GiB"], 3), "formula": row["formula"]}
+                  for row in est.records()], hide_index=True)
+
+    lora, qlora = by_method["lora"], by_method["qlora"]
+    st.markdown(
+        f"**Seed 002 says QLoRA saves memory by \"training only a few layers\".** The estimator says otherwise: "
+        f"LoRA places its {lora.trainable_params:,} parameters in **{lora.layers_with_lora} of "
+        f"{lora.num_layers} layers**, every layer the targets match. The saving between LoRA and QLoRA is all "
+        f"in the frozen weights: {memory.gib(lora.weights):.2f} GiB in {cfg.weight_dtype} against "
+        f"{memory.gib(qlora.weights):.2f} GiB with NF4 ({memory.gib(qlora.quant_constants):.3f} GiB of "
+        f"constants on top). Gradients and optimizer states are the same for both.")
+
+    st.subheader(f"The same {METHOD_LABELS[cfg.method]} setup in fp32, bf16 and fp16 (GiB)")
+    st.markdown("Seed 002 is right that fp32 costs more: 4 bytes per value instead of 2, for the weights, "
+                "the gradients of full fine-tuning, and the activations. The optimizer's fp32 moments do not shrink.")
+    per_dtype = {d: memory.estimate_memory(replace(cfg, weight_dtype=d)) for d in memory.DTYPE_BYTES}
+    st.dataframe([{"dtype": d, **{k: round(memory.gib(v), 3) for k, v in e.breakdown().items()},
+                   "total GiB": round(memory.gib(e.total), 3)} for d, e in per_dtype.items()], hide_index=True)
+
+    seed = memory.estimate_memory(PRESET)
+    seed_gc = memory.estimate_memory(replace(PRESET, gradient_checkpointing=True))
+    st.caption(
+        f"Seed 002's setup: Llama-2-7b, QLoRA, r=64, α=16, dropout 0.1, NF4 with fp16 compute, batch 4, "
+        f"no double quantization (use_nested_quant=False), PEFT's default targets (q_proj, v_proj). The seed gives "
+        f"no sequence length; we assume {PRESET.seq_len} tokens. Estimated total {memory.gib(seed.total):.1f} GiB, of "
+        f"which {memory.gib(seed.activations):.1f} GiB activations; gradient checkpointing would bring the total to "
+        f"{memory.gib(seed_gc.total):.1f} GiB.")
+
+with st.expander("How each part is computed"):
+    st.markdown(
+        "- **Weights:** P parameters × bytes of the dtype (4 for fp32, 2 for bf16/fp16). QLoRA stores every "
+        "Linear weight except the output layer in NF4, 0.5 bytes each (two codes per byte); embeddings, norms "
+        "and the output layer stay in the compute dtype. LoRA's A and B are kept in fp32, as PEFT does by default.\n"
+        "- **Quantization constants:** quantized weights × bits per weight from section 3 ÷ 8.\n"
+        "- **Gradients:** one per trainable parameter, in its dtype.\n"
+        "- **Optimizer:** AdamW keeps two fp32 moments, 8 bytes per trainable parameter; plain SGD none; "
+        "8-bit AdamW about 2. Mixed precision adds a 4-byte fp32 master copy when full fine-tuning in 16 bits.\n"
+        "- **Activations:** Korthikanti et al. 2022 (arXiv 2205.05198) count s·b·h·(34 + 5·a·s/h) bytes per "
+        "layer for 16-bit activations (s tokens, b batch, h hidden size, a heads); the 5·a·s/h part is the "
+        "attention matrix, which FlashAttention does not store. Gradient checkpointing keeps only each layer's "
+        "input (s·b·h values) and recomputes one layer at a time. The logits add s·b·V·(bytes + 4). "
+        "LoRA branches add A's output and, with dropout, the dropped input.\n"
+        "- **Left out:** the CUDA context, allocator fragmentation and temporary buffers. The per-layer constant "
+        "was derived for GPT-style blocks; SwiGLU MLPs and grouped-query attention shift it.")

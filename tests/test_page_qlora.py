@@ -1,0 +1,67 @@
+"""AppTest for pages/qlora.py, run on its own (it does not need app.py's sidebar)."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lora_core import memory
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "qlora.py")
+TIMEOUT = 60  # the first run loads SmolLM2 and imports torch
+
+
+@pytest.fixture
+def page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_page_shows_double_quantization_bits(page):
+    shown = metrics(page)
+    assert shown["constants, plain"] == "0.5 bits / weight"
+    assert shown["constants, double-quantized"] == "0.127 bits / weight"
+    measured = next(v for k, v in shown.items() if k.startswith("measured on this matrix"))
+    assert abs(float(measured.split()[0]) - 0.127) < 0.001
+
+
+def test_page_starts_from_seed_002_and_counts_lora_in_every_layer(page):
+    shown = metrics(page)
+    expected = memory.estimate_memory(memory.SEED_002_QLORA)
+    assert shown["trainable parameters"] == "33,554,432"
+    assert shown["layers with LoRA"] == "32 of 32"
+    assert shown["QLoRA, total"] == f"{memory.gib(expected.total):.2f} GiB"
+
+
+def test_error_table_ranks_nf4_first_on_the_default_layer(page):
+    table = next(df.value for df in page.dataframe if "codebook" in df.value.columns)
+    rmse = dict(zip(table["codebook"], table["RMSE"], strict=True))
+    assert min(rmse, key=rmse.get) == "NF4"
+    assert "**NF4** has the lowest RMSE" in " ".join(m.value for m in page.markdown)
+
+
+def test_changing_r_changes_the_lora_estimate(page):
+    page.radio(key="qlora_method").set_value("lora").run()
+    before = metrics(page)
+    page.number_input(key="qlora_r").set_value(8).run()
+    after = metrics(page)
+    assert after["trainable parameters"] == "4,194,304"
+    assert float(after["LoRA, total"].split()[0]) < float(before["LoRA, total"].split()[0])
+
+
+def test_bad_target_shows_inline_error_and_keeps_the_chart(page):
+    charts = len(page.get("plotly_chart"))
+    page.text_input(key="qlora_targets").set_value("not_a_module").run()
+    assert not page.exception
+    assert "target_modules=['not_a_module'] matches no module" in page.error[0].value
+    assert len(page.get("plotly_chart")) == charts          # the last good estimate is still drawn
+    page.button[0].click().run()                             # the seed 002 preset puts it right
+    assert not page.error
+    assert metrics(page)["trainable parameters"] == "33,554,432"
