@@ -23,22 +23,14 @@ from .models import build_on_meta
 class LedgerRow:
     """All targeted modules of one kind, e.g. every `transformer.h.*.attn.c_attn`."""
 
-    module: str          # name pattern with the layer index replaced by '*'
-    layer_type: str      # Linear, Conv1D, Embedding, Conv2d
+    module: str            # name pattern with the layer index replaced by '*'
+    layer_type: str        # Linear, Conv1D, Embedding, Conv2d
     in_features: int
     out_features: int
-    count: int           # how many modules of this kind are wrapped
+    count: int             # how many modules of this kind are wrapped
     r: int
-
-    @property
-    def weight_params(self) -> int:
-        """Parameters in one frozen weight (in × out)."""
-        return self.in_features * self.out_features
-
-    @property
-    def lora_per_module(self) -> int:
-        """r · (in + out): A is (r, in), B is (out, r)."""
-        return self.r * (self.in_features + self.out_features)
+    weight_params: int     # parameters in one frozen weight: in·out (times kh·kw for Conv2d)
+    lora_per_module: int   # A and B of one module: r·(in + out) (A is r·in·kh·kw for Conv2d)
 
     @property
     def lora_params(self) -> int:
@@ -102,9 +94,10 @@ def ledger_of(model: nn.Module, name: str = "model") -> Ledger:
     """Tabulate a model that already has LoRA injected (any device, meta included)."""
     groups: dict[tuple, int] = {}
     for layer_name, layer in lora_layers(model):
-        key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features, layer.r)
+        key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features, layer.r,
+               layer.base_layer.weight.numel(), layer.lora_A.weight.numel() + layer.lora_B.weight.numel())
         groups[key] = groups.get(key, 0) + 1
-    rows = [LedgerRow(k[0], k[1], k[2], k[3], count, k[4]) for k, count in groups.items()]
+    rows = [LedgerRow(*k[:4], count, *k[4:]) for k, count in groups.items()]
     trainable, total = trainable_parameters(model)
     lora = sum(r.lora_params for r in rows)
     saved_copies = sum(p.numel() for n, p in model.named_parameters() if ".modules_to_save." in n)
