@@ -23,6 +23,9 @@ $(VENV)/.installed: requirements.txt
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
+	# The browser tests drive Debian's chromium through Playwright (no `playwright install`).
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "WARNING: could not install chromium; the browser tests will be skipped"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -7,7 +7,7 @@ import streamlit as st
 
 import lora_core as lc
 
-st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
+st.set_page_config(page_title="LoRA Lab", page_icon=":material/science:", layout="wide")
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -31,6 +31,13 @@ def sidebar() -> None:
         st.caption(f"**Model:** `{src.name}` ({kind}, {status}). {src.detail}")
 
 
-pages = [st.Page("pages/home.py", title="Home: what LoRA is", icon="🏠", default=True)]
+pages = [
+    st.Page("pages/home.py", title="Home: what LoRA is", icon=":material/home:", default=True),
+    st.Page("pages/parameters.py", title="Parameters: the ledger", icon=":material/calculate:"),
+    st.Page("pages/anatomy.py", title="Anatomy: targets, dropout, bias, init", icon=":material/biotech:"),
+    st.Page("pages/rank_svd.py", title="Rank and SVD", icon=":material/ssid_chart:"),
+    st.Page("pages/scaling.py", title="Scaling: α, r, rsLoRA", icon=":material/balance:"),
+    st.Page("pages/qlora.py", title="QLoRA and memory", icon=":material/memory:"),
+]
 sidebar()
 st.navigation(pages).run()

@@ -10,6 +10,7 @@ References: LoRA (arXiv 2106.09685), QLoRA (arXiv 2305.14314), rsLoRA (arXiv 231
 This package never imports streamlit.
 """
 
+from . import anatomy  # teaching measurements: lc.anatomy.trace_dropout, lc.anatomy.init_gallery, ...
 from .config import LoraConfig
 from .counting import Ledger, LedgerRow, count_lora_parameters, ledger_of
 from .device import autocast, describe_device, pick_device
@@ -40,27 +41,81 @@ from .models import (
     load_model,
     source_info,
 )
+from .peft_check import peft_reference_count
 from .peft_io import adapter_state_dict, load_adapter, read_adapter_config, save_adapter
 from .sharing import shared_base_copy, shares_storage
 from .spectrum import (
+    demo_image,
     effective_rank,
     energy_captured,
+    energy_profile,
     factor_singular_values,
     low_rank_approximation,
     numerical_rank,
+    rank_k_report,
     singular_values,
+    spectrum_report,
     subspace_similarity,
 )
+from .toy import ToyConfig, ToyRun, adam_equivalent, initial_loss, train_toy
 
 __all__ = [
-    "Ledger", "LedgerRow", "LoraConfig", "LoraConv2d", "LoraEmbedding", "LoraLayer", "LoraLinear",
-    "ModelSource", "ModelUnavailableError", "ModulesToSaveWrapper",
-    "adapter_state_dict", "autocast", "available_configs", "build_on_meta", "cache_dir", "candidate_modules",
-    "count_lora_parameters", "default_model_name", "describe_device", "disable_lora", "effective_rank",
-    "energy_captured", "factor_singular_values", "gpt2_tokenizer", "inject_lora", "ledger_of", "load_adapter",
-    "load_config", "load_model", "lora_layers", "low_rank_approximation", "matched_modules", "merge_and_unload",
-    "merge_lora", "numerical_rank", "peft_line", "pick_device", "read_adapter_config", "remove_lora",
-    "save_adapter", "shared_base_copy", "shares_storage", "singular_values", "source_info",
-    "subspace_similarity", "trainable_parameters",
+    "Ledger",
+    "LedgerRow",
+    "LoraConfig",
+    "LoraConv2d",
+    "LoraEmbedding",
+    "LoraLayer",
+    "LoraLinear",
+    "ModelSource",
+    "ModelUnavailableError",
+    "ModulesToSaveWrapper",
+    "ToyConfig",
+    "ToyRun",
+    "adam_equivalent",
+    "adapter_state_dict",
+    "anatomy",
+    "autocast",
+    "available_configs",
+    "build_on_meta",
+    "cache_dir",
+    "candidate_modules",
+    "count_lora_parameters",
+    "default_model_name",
+    "demo_image",
+    "describe_device",
+    "disable_lora",
+    "effective_rank",
+    "energy_captured",
+    "energy_profile",
+    "factor_singular_values",
+    "gpt2_tokenizer",
+    "initial_loss",
+    "inject_lora",
+    "ledger_of",
+    "load_adapter",
+    "load_config",
+    "load_model",
+    "lora_layers",
+    "low_rank_approximation",
+    "matched_modules",
+    "merge_and_unload",
+    "merge_lora",
+    "numerical_rank",
+    "peft_line",
+    "peft_reference_count",
+    "pick_device",
+    "rank_k_report",
+    "read_adapter_config",
+    "remove_lora",
+    "save_adapter",
+    "shared_base_copy",
+    "shares_storage",
+    "singular_values",
+    "source_info",
+    "spectrum_report",
+    "subspace_similarity",
+    "train_toy",
+    "trainable_parameters",
     "unmerge_lora",
 ]

@@ -39,6 +39,18 @@ with left:
     st.metric("LoRA parameters per c_attn", f"{row.lora_per_module:,}",
               help=f"r·(in+out) = {r}·({row.in_features}+{row.out_features})")
     st.metric(f"distilgpt2, c_attn in all {row.count} blocks", f"{book.trainable:,}")
-    st.code(book.peft_line, language=None)
 with right:
     st.plotly_chart(viz.weight_vs_adapter(row.in_features, row.out_features, r), width="stretch")
+st.markdown("PEFT's `print_trainable_parameters()` for this setup, computed by `lora_core` on distilgpt2's "
+            "real shapes (the total includes the adapter):")
+st.code(book.peft_line, language=None)
+
+st.subheader("Where to go next, in teaching order")
+for path, label in [
+    ("pages/parameters.py", "**Parameters**: the ledger for any model, r and target set, checked against PEFT"),
+    ("pages/anatomy.py", "**Anatomy**: which layers get LoRA, where dropout acts, bias modes, init variants"),
+    ("pages/rank_svd.py", "**Rank and SVD**: why a low-rank update is enough, ΔW's spectrum, subspace similarity"),
+    ("pages/scaling.py", "**Scaling**: α/r against rsLoRA's α/√r, and α as a learning rate under Adam"),
+    ("pages/qlora.py", "**QLoRA and memory**: NF4 from scratch and what a training step costs"),
+]:
+    st.page_link(path, label=label)
