@@ -13,7 +13,9 @@ This package never imports streamlit.
 from . import anatomy  # teaching measurements: lc.anatomy.trace_dropout, lc.anatomy.init_gallery, ...
 from .config import LoraConfig
 from .counting import Ledger, LedgerRow, count_lora_parameters, ledger_of
+from .data import Dataset, general_english, load_dataset, load_jsonl
 from .device import autocast, describe_device, pick_device
+from .evaluation import bleu, completion_loss, generate, perplexity
 from .inject import (
     ModulesToSaveWrapper,
     candidate_modules,
@@ -58,8 +60,10 @@ from .spectrum import (
     subspace_similarity,
 )
 from .toy import ToyConfig, ToyRun, adam_equivalent, initial_loss, train_toy
+from .train import TrainConfig, Trainer, TrainingDiverged
 
 __all__ = [
+    "Dataset",
     "Ledger",
     "LedgerRow",
     "LoraConfig",
@@ -72,14 +76,19 @@ __all__ = [
     "ModulesToSaveWrapper",
     "ToyConfig",
     "ToyRun",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
     "adam_equivalent",
     "adapter_state_dict",
     "anatomy",
     "autocast",
     "available_configs",
+    "bleu",
     "build_on_meta",
     "cache_dir",
     "candidate_modules",
+    "completion_loss",
     "count_lora_parameters",
     "default_model_name",
     "demo_image",
@@ -89,12 +98,16 @@ __all__ = [
     "energy_captured",
     "energy_profile",
     "factor_singular_values",
+    "general_english",
+    "generate",
     "gpt2_tokenizer",
     "initial_loss",
     "inject_lora",
     "ledger_of",
     "load_adapter",
     "load_config",
+    "load_dataset",
+    "load_jsonl",
     "load_model",
     "lora_layers",
     "low_rank_approximation",
@@ -104,6 +117,7 @@ __all__ = [
     "numerical_rank",
     "peft_line",
     "peft_reference_count",
+    "perplexity",
     "pick_device",
     "rank_k_report",
     "read_adapter_config",
