@@ -20,10 +20,22 @@ def _device() -> str:
     return lc.describe_device(lc.pick_device())
 
 
-def sidebar() -> None:
+@st.cache_data(show_spinner=False)
+def _example() -> lc.LedgerRow:
+    return lc.count_lora_parameters("distilgpt2", lc.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"])).rows[0]
+
+
+def sidebar(pages: list) -> None:
     with st.sidebar:
         st.markdown("### LoRA Lab")
+        for page in pages:
+            st.page_link(page)
+        st.divider()
         st.latex(r"h = W x + \tfrac{\alpha}{r}\, B A x")
+        row = _example()
+        st.caption(f"distilgpt2's `c_attn` at r = {row.r}: B is {row.out_features}×{row.r} and A is "
+                   f"{row.r}×{row.in_features}, so {row.lora_per_module:,} numbers train beside a frozen W of "
+                   f"{row.weight_params:,} ({100 * row.lora_per_module / row.weight_params:.2f}%).")
         st.caption(f"**Device:** {_device()}")
         src = _model_source()
         kind = "pretrained" if src.pretrained else "random weights, real shapes"
@@ -37,7 +49,11 @@ pages = [
     st.Page("pages/anatomy.py", title="Anatomy: targets, dropout, bias, init", icon=":material/biotech:"),
     st.Page("pages/rank_svd.py", title="Rank and SVD", icon=":material/ssid_chart:"),
     st.Page("pages/scaling.py", title="Scaling: α, r, rsLoRA", icon=":material/balance:"),
+    st.Page("pages/finetune.py", title="Live fine-tuning", icon=":material/model_training:"),
     st.Page("pages/qlora.py", title="QLoRA and memory", icon=":material/memory:"),
 ]
-sidebar()
-st.navigation(pages).run()
+# Our own sidebar links (position="hidden"): with a pages/ folder beside app.py, Streamlit's automatic
+# sidebar can briefly list the raw files on a server's first load; drawing the links ourselves avoids it.
+navigation = st.navigation(pages, position="hidden")
+sidebar(pages)
+navigation.run()

@@ -31,6 +31,7 @@ from .inject import (
     unmerge_lora,
 )
 from .layers import LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
+from .merging import merge_report
 from .models import (
     ModelSource,
     ModelUnavailableError,
@@ -44,9 +45,10 @@ from .models import (
     source_info,
 )
 from .peft_check import peft_reference_count
-from .peft_io import adapter_state_dict, load_adapter, read_adapter_config, save_adapter
+from .peft_io import adapter_state_dict, adapter_zip, load_adapter, peft_snippet, read_adapter_config, save_adapter
 from .sharing import shared_base_copy, shares_storage
 from .spectrum import (
+    adapter_report,
     demo_image,
     effective_rank,
     energy_captured,
@@ -80,7 +82,9 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "adam_equivalent",
+    "adapter_report",
     "adapter_state_dict",
+    "adapter_zip",
     "anatomy",
     "autocast",
     "available_configs",
@@ -114,9 +118,11 @@ __all__ = [
     "matched_modules",
     "merge_and_unload",
     "merge_lora",
+    "merge_report",
     "numerical_rank",
     "peft_line",
     "peft_reference_count",
+    "peft_snippet",
     "perplexity",
     "pick_device",
     "rank_k_report",

@@ -89,5 +89,6 @@ def describe_device(device: torch.device | str) -> str:
     if device.type == "mps":
         return "MPS: Apple GPU (unified memory)"
     if device.type == "cpu":
-        return f"CPU ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"CPU ({n} thread{'s' if n != 1 else ''})"
     return str(device)

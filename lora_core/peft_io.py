@@ -158,3 +158,29 @@ def _copy_in(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
                 owner, _, leaf = name.rpartition(".")
                 mod = model.get_submodule(owner)
                 setattr(mod, leaf, nn.Parameter(tensors[key].to(p.device, p.dtype), requires_grad=p.requires_grad))
+
+
+def adapter_zip(model: nn.Module) -> bytes:
+    """The PEFT adapter folder as a .zip (adapter_config.json + adapter_model.safetensors), in memory."""
+    import io
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_adapter(model, tmp)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                zf.write(folder / name, arcname=name)
+    return buffer.getvalue()
+
+
+def peft_snippet(base_model: str, folder: str = "my-adapter", note: str = "") -> str:
+    """Python that loads the exported adapter with HF PEFT, for the user to copy."""
+    return (
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForCausalLM\n\n"
+        + (f"# {note}\n" if note else "")
+        + f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+        f'model = PeftModel.from_pretrained(base, "{folder}")   # the unzipped folder\n'
+        "model = model.merge_and_unload()                       # optional: zero-overhead inference\n"
+    )

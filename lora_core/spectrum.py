@@ -147,3 +147,22 @@ def spectrum_report(layer: LoraLayer) -> dict:
     return {"singular_values": sv, "largest": float(sv[0]), "numerical_rank": numerical_rank(sv),
             "effective_rank": effective_rank(sv), "max_abs_diff": float((sv - full[: len(sv)]).abs().max()),
             "factors_ms": t_factors * 1e3, "full_ms": t_full * 1e3}
+
+
+def adapter_report(model: torch.nn.Module) -> list[dict]:
+    """Per LoRA layer: ‖ΔW‖_F, ‖W‖_F, their ratio, and ΔW's singular values (from the factors).
+
+    ‖ΔW‖_F = sqrt(Σ σᵢ²), so nothing (out × in) is formed for ΔW; ‖W‖_F reads the frozen weight.
+    """
+    from .inject import lora_layers
+
+    rows = []
+    for name, layer in lora_layers(model):
+        sv = singular_values(layer)
+        delta = float(sv.double().square().sum().sqrt())
+        w = layer._unmerged_weight if layer.merged else layer.base_layer.weight
+        weight = float(w.detach().float().norm())
+        rows.append({"layer": name, "delta_norm": delta, "weight_norm": weight,
+                     "relative": delta / weight if weight else float("nan"), "singular_values": sv,
+                     "A": layer.lora_A.weight.detach().float().flatten(1).cpu()})
+    return rows

@@ -51,6 +51,7 @@ for path, label in [
     ("pages/anatomy.py", "**Anatomy**: which layers get LoRA, where dropout acts, bias modes, init variants"),
     ("pages/rank_svd.py", "**Rank and SVD**: why a low-rank update is enough, ΔW's spectrum, subspace similarity"),
     ("pages/scaling.py", "**Scaling**: α/r against rsLoRA's α/√r, and α as a learning rate under Adam"),
+    ("pages/finetune.py", "**Live fine-tuning**: train SmolLM2 or distilgpt2 with LoRA, then merge and export"),
     ("pages/qlora.py", "**QLoRA and memory**: NF4 from scratch and what a training step costs"),
 ]:
     st.page_link(path, label=label)

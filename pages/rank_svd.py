@@ -148,3 +148,28 @@ m3.metric("φ on ΔW, top 4", f"{float(phi_delta[3, 3]):.3f}",
 st.caption("The target has rank 4, and both adapters recover its four singular values: the extra 56 "
            "directions of the r = 64 adapter stay near zero. A few directions carry the update, the "
            "intrinsic-rank claim of the LoRA paper, measured here.")
+
+# --- 4. adapters trained on the Fine-tuning page -------------------------------------------------
+st.header("4. Your trained adapters")
+trained = st.session_state.get("trained_adapters", {})
+if not trained:
+    st.markdown("Adapters you train on the **Fine-tuning** page in this session appear here. Train two, "
+                "say r = 8 and r = 64 on the same targets, to measure φ between them on a real model.")
+    st.page_link("pages/finetune.py", label="Go to Fine-tuning", icon=":material/model_training:")
+else:
+    names = list(trained)
+    c1, c2 = st.columns(2)
+    first = c1.selectbox("adapter", names, index=0)
+    second = c2.selectbox("compare with", names, index=len(names) - 1)
+    common = [layer for layer in trained[first] if layer in trained[second]]
+    if not common:
+        st.warning(f"'{first}' and '{second}' adapt no layer in common: pick adapters with shared targets.")
+    else:
+        layer_name = st.selectbox("layer", common)
+        one, two = trained[first][layer_name], trained[second][layer_name]
+        left, right = st.columns(2)
+        left.plotly_chart(viz.spectra({first: one["sv"], second: two["sv"]}, f"ΔW spectrum of {layer_name}"),
+                          width="stretch")
+        phi_trained = lc.subspace_similarity(one["A"], two["A"])
+        right.plotly_chart(viz.similarity_heatmap(phi_trained, first, second), width="stretch")
+        st.metric("φ over the top 1 direction", f"{float(phi_trained[0, 0]):.3f}")

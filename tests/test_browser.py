@@ -97,3 +97,26 @@ def test_moving_the_rank_slider_changes_the_count(server, browser):
     page.wait_for_function("() => document.body.innerText.includes('trainable params: 294,912')", timeout=30_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     page.close()
+
+
+def test_training_in_the_browser_survives_a_page_switch(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/finetune")
+    page.wait_for_selector("text=No run yet", timeout=90_000)
+    page.locator('[data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="distilgpt2-random (random weights)").click()
+    _settle(page)
+    steps = page.get_by_label("steps")
+    steps.fill("3")
+    steps.press("Enter")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_selector("text=held-out BLEU (0–100)", timeout=180_000)   # the run finished and was scored
+    _settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator(".js-plotly-plot").count() >= 2                       # loss and perplexity charts
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "finetune.png"), full_page=True)
+    page.locator('[data-testid="stSidebar"] a', has_text="Rank and SVD").click()  # same session
+    page.wait_for_selector("text=distilgpt2-random r=8 (3 steps)", timeout=90_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.close()

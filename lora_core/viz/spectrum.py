@@ -86,3 +86,12 @@ def scale_vs_rank(ranks: Sequence[int], rules: dict[str, Sequence[float]], highl
     fig.update_xaxes(title="rank r", type="log", tickvals=list(ranks))
     fig.update_yaxes(title="scale applied to B·A", type="log")
     return layout(fig, f"Scale against rank at α = {alpha:g}", legend=dict(orientation="h", y=-0.25))
+
+
+def layer_bars(names: Sequence[str], values: Sequence[float], title: str, y_title: str) -> go.Figure:
+    """One bar per layer (e.g. ‖ΔW‖/‖W‖), in model order."""
+    fig = go.Figure(go.Bar(x=list(names), y=list(values), marker_color=BLUE,
+                           hovertemplate="%{x}<br>%{y:.4g}<extra></extra>"))
+    fig.update_xaxes(title="layer", showticklabels=len(names) <= 24)
+    fig.update_yaxes(title=y_title)
+    return layout(fig, title)

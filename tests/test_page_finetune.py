@@ -1,0 +1,44 @@
+"""AppTest for the Fine-tuning page: start, steps, results, merge check, export."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "finetune.py")
+
+
+@pytest.mark.slow
+def test_start_train_merge_and_export_on_random_distilgpt2():
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    at.run()
+    assert not at.exception
+    assert "No run yet" in at.info[0].value
+    at.selectbox[0].set_value("distilgpt2-random").run()
+    next(n for n in at.number_input if n.label == "steps").set_value(3)
+    at.button[0].click().run()                                   # the form's "Start training"
+    assert not at.exception, at.exception
+    for _ in range(10):                                          # each rerun advances about a second
+        metrics = {m.label: m.value for m in at.metric}
+        if "held-out BLEU (0–100)" in metrics:
+            break
+        at.run()
+    assert metrics["step"] == "3 / 3"
+    assert metrics["trainable"] == "147,456"                     # c_attn r=8 on distilgpt2's shapes
+    assert float(metrics["held-out BLEU (0–100)"]) >= 0
+    assert len(at.session_state["trained_adapters"]) == 1       # the Rank/SVD page can read it
+    next(b for b in at.button if b.label.startswith("Merge check")).click().run()
+    merged = {m.label: m.value for m in at.metric}
+    assert float(merged["max |Δlogit| merged vs unmerged"]) < 1e-3
+    assert not at.exception
+
+
+def test_bad_config_is_shown_inline_and_nothing_starts():
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    at.run()
+    at.selectbox[0].set_value("distilgpt2-random").run()
+    next(n for n in at.number_input if n.label == "lora_alpha").set_value(0.0)
+    at.button[0].click().run()
+    assert not at.exception
+    assert "lora_alpha=0.0 is not allowed" in at.error[0].value
+    assert "finetune:run" not in at.session_state
