@@ -46,6 +46,7 @@ from .models import (
 )
 from .peft_check import peft_reference_count
 from .peft_io import adapter_state_dict, adapter_zip, load_adapter, peft_snippet, read_adapter_config, save_adapter
+from .qlora import NF4Linear, base_in_precision, quantize_model, weight_bytes
 from .sharing import shared_base_copy, shares_storage
 from .spectrum import (
     adapter_report,
@@ -76,6 +77,7 @@ __all__ = [
     "ModelSource",
     "ModelUnavailableError",
     "ModulesToSaveWrapper",
+    "NF4Linear",
     "ToyConfig",
     "ToyRun",
     "TrainConfig",
@@ -88,6 +90,7 @@ __all__ = [
     "anatomy",
     "autocast",
     "available_configs",
+    "base_in_precision",
     "bleu",
     "build_on_meta",
     "cache_dir",
@@ -125,6 +128,7 @@ __all__ = [
     "peft_snippet",
     "perplexity",
     "pick_device",
+    "quantize_model",
     "rank_k_report",
     "read_adapter_config",
     "remove_lora",
@@ -138,4 +142,5 @@ __all__ = [
     "train_toy",
     "trainable_parameters",
     "unmerge_lora",
+    "weight_bytes",
 ]

@@ -20,10 +20,9 @@ import re
 from collections.abc import Iterator
 
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
 from .config import ALL_LINEAR, LoraConfig
-from .layers import SUPPORTED_TYPES, LoraLayer, check_lora_target, make_lora_layer
+from .layers import LINEAR_TYPES, SUPPORTED_TYPES, LoraLayer, check_lora_target, make_lora_layer
 
 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we ship.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -90,7 +89,7 @@ def _resolved_targets(model: nn.Module, cfg: LoraConfig) -> list[str] | str:
     if cfg.target_modules == ALL_LINEAR:
         out = _output_layer_name(model)
         return sorted(n for n, m in model.named_modules()
-                      if isinstance(m, (nn.Linear, Conv1D)) and n != out)
+                      if isinstance(m, LINEAR_TYPES) and n != out)
     if cfg.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULT_TARGETS:

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraConfig
+from .qlora import NF4Linear
 
-SUPPORTED_TYPES = (nn.Linear, Conv1D, nn.Embedding, nn.Conv2d)
+LINEAR_TYPES = (nn.Linear, Conv1D, NF4Linear)  # NF4Linear: a 4-bit frozen base (QLoRA)
+SUPPORTED_TYPES = (*LINEAR_TYPES, nn.Embedding, nn.Conv2d)
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -83,6 +85,9 @@ class LoraLayer(nn.Module):
         if self.merged:
             warnings.warn("LoRA layer is already merged; merge() did nothing.", stacklevel=2)
             return
+        if isinstance(self.base_layer, NF4Linear):
+            raise ValueError("merge is not allowed on a 4-bit (NF4) base: W + ΔW would have to be quantized "
+                             "again, losing most of ΔW. Merge into a full-precision copy of the model instead.")
         w = self.base_layer.weight
         # Add in fp32 and round once, so bf16/fp16 bases lose no more than one rounding.
         merged = (w.detach().float() + self._delta_in_weight_layout()).to(w.dtype)
@@ -223,7 +228,7 @@ def in_out_features(layer: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a supported base layer."""
     if isinstance(layer, Conv1D):
         return tuple(layer.weight.shape)  # stored (in, out)
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, (nn.Linear, NF4Linear)):
         return layer.in_features, layer.out_features
     if isinstance(layer, nn.Embedding):
         return layer.num_embeddings, layer.embedding_dim
@@ -255,7 +260,7 @@ def check_lora_target(base_layer: nn.Module, cfg: LoraConfig, name: str = "") ->
 def make_lora_layer(base_layer: nn.Module, cfg: LoraConfig, name: str = "") -> LoraLayer:
     """Wrap `base_layer` in the LoRA layer of its type; a clear ValueError for anything else."""
     check_lora_target(base_layer, cfg, name)
-    if isinstance(base_layer, (nn.Linear, Conv1D)):
+    if isinstance(base_layer, LINEAR_TYPES):
         return LoraLinear(base_layer, cfg)
     if isinstance(base_layer, nn.Embedding):
         return LoraEmbedding(base_layer, cfg)

@@ -47,6 +47,8 @@ class LiveRun:
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
     probes: list[dict] = field(default_factory=list)  # {"step", "ppl", "samples"}
+    base_precision: str = "fp32"   # how the frozen base is stored: fp32, bf16 or nf4 (set by the caller)
+    base_bytes: int = 0            # its size in memory
 
     @classmethod
     def start(cls, base: nn.Module, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, lora_config: LoraConfig,

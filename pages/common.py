@@ -39,6 +39,13 @@ def base_model(name: str):
     return lc.load_model(name)
 
 
+@st.cache_resource(show_spinner="Preparing the base in the chosen precision (NF4 quantizes once, ~5 s)…")
+def base_variant(name: str, precision: str):
+    """The shared base in fp32, bf16 or NF4 (a separate cached copy; the fp32 one is never touched)."""
+    model, tok = base_model(name)
+    return lc.base_in_precision(model, precision), tok
+
+
 def session_model(name: str, slot: str = "default"):
     """This session's own module tree over the shared frozen base (no weight memory copied).
 

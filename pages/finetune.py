@@ -5,7 +5,7 @@ import streamlit as st
 import lora_core as lc
 from lora_core import viz
 from lora_core.live import LiveRun
-from pages.common import base_model, last_good
+from pages.common import base_model, base_variant, last_good
 
 st.title("Live fine-tuning")
 st.markdown("Pick a configuration, press **Start**, and watch a real pretrained model learn the "
@@ -66,6 +66,9 @@ with st.form("config"):
     batch = c1.number_input("batch size", value=8, min_value=1, max_value=64)
     seq_len = c2.number_input("sequence length", value=64, min_value=8, max_value=512, step=8)
     data_name = c3.selectbox("data", ["recommendations", "upload a .jsonl"])
+    precision = c1.selectbox("base precision", ["fp32", "bf16", "nf4"],
+                             format_func=lambda p: {"nf4": "NF4 (QLoRA, from scratch)"}.get(p, p),
+                             help="the frozen base's storage; LoRA factors always train in fp32")
     upload = c4.file_uploader("prompt/completion JSONL", type=["jsonl"], help="one JSON object per line: "
                               '{"prompt": "...", "completion": "..."}')
     start = st.form_submit_button("Start training", type="primary")
@@ -82,8 +85,10 @@ def new_run() -> LiveRun:
         raise ValueError("data='upload a .jsonl' needs a file: choose one in the uploader")
     else:
         dataset = lc.Dataset.from_pairs(lc.load_jsonl(upload.getvalue()), name=upload.name)
-    model, tok = base_model(model_name)
-    return LiveRun.start(model, tok, dataset, lora_cfg, train_cfg)
+    model, tok = base_variant(model_name, precision)
+    run = LiveRun.start(model, tok, dataset, lora_cfg, train_cfg)
+    run.base_precision, run.base_bytes = precision, lc.weight_bytes(model)
+    return run
 
 
 if start:
@@ -155,7 +160,8 @@ if "bleu" in before:
                 f"{after['heldout_loss'] - before['heldout_loss']:+.3f}", delta_color="inverse")
     m[2].metric("perplexity, general English", f"{after['ppl_general']:.2f}",
                 f"{after['ppl_general'] - before['ppl_general']:+.2f}", delta_color="inverse")
-    m[3].metric("training steps", f"{run.step}")
+    m[3].metric(f"base weights ({run.base_precision})", f"{run.base_bytes / 2**20:,.0f} MiB",
+                help="every frozen parameter and buffer at rest; NF4 keeps embeddings and lm_head in fp32")
     st.dataframe([{"prompt": p, "reference": ref, "before": b, "after": a} for p, ref, b, a in
                   zip(before["prompts"], before["references"], before["predictions"], after["predictions"],
                       strict=True)], hide_index=True)
@@ -175,7 +181,8 @@ right.plotly_chart(viz.layer_bars([row["layer"] for row in report], [row["relati
 st.header("4. Merge, compare, export")
 if st.button("Merge check: merged against unmerged"):
     with st.spinner("Merging (out of place), generating both ways, unmerging…"):
-        st.session_state["finetune:merge"] = lc.merge_report(run.model, run.tokenizer, run.sample_prompts)
+        st.session_state["finetune:merge"] = last_good(
+            "finetune:merge", lambda: lc.merge_report(run.model, run.tokenizer, run.sample_prompts))
 merge = st.session_state.get("finetune:merge")
 if merge:
     m = st.columns(3)

@@ -42,3 +42,24 @@ def test_bad_config_is_shown_inline_and_nothing_starts():
     assert not at.exception
     assert "lora_alpha=0.0 is not allowed" in at.error[0].value
     assert "finetune:run" not in at.session_state
+
+
+@pytest.mark.slow
+def test_qlora_base_trains_and_reports_its_smaller_memory():
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    at.run()
+    at.selectbox[0].set_value("distilgpt2-random").run()
+    next(n for n in at.number_input if n.label == "steps").set_value(2)
+    next(s for s in at.selectbox if s.label == "base precision").set_value("nf4")
+    at.button[0].click().run()
+    for _ in range(10):
+        metrics = {m.label: m.value for m in at.metric}
+        if "base weights (nf4)" in metrics:
+            break
+        at.run()
+    assert not at.exception
+    mib = float(metrics["base weights (nf4)"].split()[0].replace(",", ""))
+    assert mib < 0.6 * 81_912_576 * 4 / 2**20                       # below 60% of the fp32 base
+    next(b for b in at.button if b.label.startswith("Merge check")).click().run()
+    assert any("merge is not allowed on a 4-bit" in e.value for e in at.error)
+    assert not at.exception
