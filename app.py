@@ -6,6 +6,7 @@ Run it with `make app` (or `streamlit run app.py`). All numbers come from lora_c
 import streamlit as st
 
 import lora_core as lc
+from pages.common import show_unexpected
 
 st.set_page_config(page_title="LoRA Lab", page_icon=":material/science:", layout="wide")
 
@@ -56,4 +57,7 @@ pages = [
 # sidebar can briefly list the raw files on a server's first load; drawing the links ourselves avoids it.
 navigation = st.navigation(pages, position="hidden")
 sidebar(pages)
-navigation.run()
+try:
+    navigation.run()
+except Exception as err:  # bad input is a ValueError shown inline by the page; this is a bug
+    show_unexpected(err, f"the page '{navigation.title}'")

@@ -5,12 +5,18 @@ Pages hold no math. They collect inputs, call lora_core, and draw with lora_core
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
 import streamlit as st
 
 import lora_core as lc
+from lora_core.admission import TrainingSlots
+from lora_core.settings import Settings, load_settings
+
+log = logging.getLogger("lora_lab")
 
 T = TypeVar("T")
 
@@ -62,3 +68,30 @@ def session_model(name: str, slot: str = "default"):
 def ledger(model: str, cfg: lc.LoraConfig) -> lc.Ledger:
     """The parameter ledger for a shipped config (meta device; cached per config)."""
     return lc.count_lora_parameters(model, cfg)
+
+
+@st.cache_resource(show_spinner=False)
+def settings() -> Settings:
+    """The server's limits (lora_lab.toml), read once."""
+    return load_settings()
+
+
+@st.cache_resource(show_spinner=False)
+def training_slots() -> TrainingSlots:
+    """The server-wide training queue: the one cached object that is meant to change."""
+    s = settings()
+    return TrainingSlots(s.training_slots, s.heartbeat_seconds)
+
+
+def session_id() -> str:
+    """A stable id for this browser session (for the training queue)."""
+    return st.session_state.setdefault("session_id", uuid.uuid4().hex)
+
+
+def show_unexpected(err: Exception, where: str) -> None:
+    """A bug, not bad input: a short message, the details folded away, a log line; the session goes on."""
+    log.exception("unexpected error in %s", where, exc_info=err)
+    st.error(f"Something went wrong in {where}. Your settings and runs are kept: try again, or pick another "
+             "page. (This is a bug in LoRA Lab, not something you did.)")
+    with st.expander("details"):
+        st.exception(err)

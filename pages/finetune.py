@@ -5,7 +5,7 @@ import streamlit as st
 import lora_core as lc
 from lora_core import viz
 from lora_core.live import LiveRun
-from pages.common import base_model, base_variant, last_good
+from pages.common import base_model, base_variant, last_good, session_id, settings, show_unexpected, training_slots
 
 st.title("Live fine-tuning")
 st.markdown("Pick a configuration, press **Start**, and watch a real pretrained model learn the "
@@ -75,6 +75,9 @@ with st.form("config"):
 
 
 def new_run() -> LiveRun:
+    limits = settings()
+    for name, value in (("r", r), ("steps", steps), ("batch_size", batch), ("seq_len", seq_len)):
+        limits.check(name, value)
     target = "all-linear" if "all-linear" in targets else targets
     lora_cfg = lc.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
                              use_rslora=rslora, init_lora_weights=init, task_type="CAUSAL_LM")
@@ -84,14 +87,18 @@ def new_run() -> LiveRun:
     elif upload is None:
         raise ValueError("data='upload a .jsonl' needs a file: choose one in the uploader")
     else:
-        dataset = lc.Dataset.from_pairs(lc.load_jsonl(upload.getvalue()), name=upload.name)
+        limits.check("upload_bytes", upload.size)
+        dataset = lc.Dataset.from_pairs(lc.load_jsonl(upload.getvalue(), max_rows=limits.max_dataset_rows),
+                                        name=upload.name)
     model, tok = base_variant(model_name, precision)
     run = LiveRun.start(model, tok, dataset, lora_cfg, train_cfg)
     run.base_precision, run.base_bytes = precision, lc.weight_bytes(model)
     return run
 
 
+slots, sid = training_slots(), session_id()
 if start:
+    slots.release(sid)  # a new run goes to the back of the queue
     with st.spinner("Preparing the run: held-out BLEU, perplexity and samples before training…"):
         run = last_good("finetune:start", new_run)
     if run is not None and run is not st.session_state.get(RUN):
@@ -117,9 +124,23 @@ if b3.button("Stop", disabled=run.status not in ("running", "paused")):
 
 @st.fragment(run_every=1.0 if run.status == "running" else None)
 def live() -> None:
+    try:
+        draw_live()
+    except Exception as err:  # a fragment rerun is outside app.py's guard
+        show_unexpected(err, "live training")
+
+
+def draw_live() -> None:
     was_running = run.status == "running"
-    if was_running:
+    place = slots.request(sid) if was_running else 0
+    if was_running and place == 0:
         run.advance(seconds=1.0)
+    if run.status != "running":
+        slots.release(sid)
+    if place:
+        load = slots.snapshot()
+        st.warning(f"Waiting for a training slot: you are number {place} in line "
+                   f"({load['running']} of {load['capacity']} slots busy). Pause or stop to leave the queue.")
     trainable, total = run.parameters
     last = run.history[-1] if run.history else {}
     m = st.columns(5)

@@ -1,0 +1,88 @@
+"""A shared server: settings limits, the training queue, and errors that never take a session down."""
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lora_core.admission import TrainingSlots
+from lora_core.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_settings_file_equals_the_documented_defaults():
+    assert load_settings(ROOT / "lora_lab.toml") == Settings()
+
+
+def test_limits_name_the_field_the_value_and_the_limit(tmp_path):
+    with pytest.raises(ValueError, match=r"steps=5,000 is over this server's limit: at most 2,000"):
+        Settings().check("steps", 5000)
+    Settings().check("r", 8)
+    bad = tmp_path / "s.toml"
+    bad.write_text("[limits]\nmax_stepz = 3\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['max_stepz'\]"):
+        load_settings(bad)
+    bad.write_text("[limits\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_settings(bad)
+    assert load_settings(tmp_path / "missing.toml") == Settings()
+
+
+def test_queue_is_first_come_first_served_and_frees_slots():
+    slots = TrainingSlots(capacity=1, heartbeat_seconds=60)
+    assert [slots.request(s) for s in ("a", "b", "c")] == [0, 1, 2]
+    assert slots.request("b") == 1                                   # asking again keeps its place
+    slots.release("a")                                               # a paused or stopped
+    assert slots.request("c") == 1 and slots.request("b") == 0       # b was first in line
+    assert slots.snapshot() == {"running": 1, "waiting": 1, "capacity": 1}
+
+
+def test_a_silent_holder_loses_its_slot():
+    slots = TrainingSlots(capacity=1, heartbeat_seconds=0.05)
+    assert slots.request("closed-tab") == 0
+    time.sleep(0.1)
+    assert slots.request("next") == 0
+    with pytest.raises(ValueError, match="capacity=0"):
+        TrainingSlots(0)
+
+
+def test_finetune_page_enforces_the_limits_inline():
+    at = AppTest.from_file(str(ROOT / "pages" / "finetune.py"), default_timeout=300)
+    at.run()
+    at.selectbox[0].set_value("distilgpt2-random").run()
+    next(n for n in at.number_input if n.label == "steps").set_value(2000)
+    next(n for n in at.number_input if n.label == "sequence length").set_value(512)
+    at.button[0].click().run()
+    assert not at.exception
+    assert "seq_len=512 is over this server's limit: at most 256" in at.error[0].value
+    assert "finetune:run" not in at.session_state
+
+
+@pytest.mark.slow
+def test_a_second_session_queues_until_the_first_run_ends(tmp_path, monkeypatch):
+    import streamlit as st
+
+    cfg = tmp_path / "one_slot.toml"
+    cfg.write_text("[training]\nmax_concurrent = 1\n")
+    monkeypatch.setenv("LORA_LAB_SETTINGS", str(cfg))
+    st.cache_resource.clear()                    # settings and the queue are read once per server
+    sessions = []
+    for _ in range(2):
+        at = AppTest.from_file(str(ROOT / "pages" / "finetune.py"), default_timeout=300)
+        at.run()
+        at.selectbox[0].set_value("distilgpt2-random").run()
+        next(n for n in at.number_input if n.label == "steps").set_value(2)
+        at.button[0].click().run()
+        sessions.append(at)
+    first, second = sessions
+    assert any("you are number 1 in line" in w.value for w in second.warning)
+    for _ in range(10):
+        first.run()
+        if "held-out BLEU (0–100)" in {m.label for m in first.metric}:
+            break
+    second.run()                                 # the slot is free now
+    assert not any("in line" in w.value for w in second.warning)
+    assert not first.exception and not second.exception
+    st.cache_resource.clear()
