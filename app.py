@@ -52,6 +52,8 @@ pages = [
     st.Page("pages/scaling.py", title="Scaling: α, r, rsLoRA", icon=":material/balance:"),
     st.Page("pages/finetune.py", title="Live fine-tuning", icon=":material/model_training:"),
     st.Page("pages/qlora.py", title="QLoRA and memory", icon=":material/memory:"),
+    st.Page("pages/interview.py", title="Interview prep", icon=":material/quiz:"),
+    st.Page("pages/claims.py", title="Claims check", icon=":material/fact_check:"),
 ]
 # Our own sidebar links (position="hidden"): with a pages/ folder beside app.py, Streamlit's automatic
 # sidebar can briefly list the raw files on a server's first load; drawing the links ourselves avoids it.

@@ -53,5 +53,7 @@ for path, label in [
     ("pages/scaling.py", "**Scaling**: α/r against rsLoRA's α/√r, and α as a learning rate under Adam"),
     ("pages/finetune.py", "**Live fine-tuning**: train SmolLM2 or distilgpt2 with LoRA, then merge and export"),
     ("pages/qlora.py", "**QLoRA and memory**: NF4 from scratch and what a training step costs"),
+    ("pages/interview.py", "**Interview prep**: randomised questions whose answers lora_core computes"),
+    ("pages/claims.py", "**Claims check**: what the usual LoRA write-ups get right and wrong, with evidence"),
 ]:
     st.page_link(path, label=label)

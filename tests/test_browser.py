@@ -20,6 +20,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync"]
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
          "scaling": "Scaling", "qlora": "QLoRA"}
+TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check"}  # may draw no chart until asked
 SHOTS = Path(os.environ.get("LORA_LAB_SCREENSHOTS", "/tmp/lora_lab_screens"))
 
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no chromium at {CHROMIUM}")
@@ -81,6 +82,18 @@ def test_every_page_renders_with_charts_and_no_exception(server, browser, path, 
     assert page.locator(".js-plotly-plot").count() >= 1
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{path or 'home'}.png"), full_page=True)
+    page.close()
+
+
+@pytest.mark.parametrize("path,title", TEXT_ONLY.items())
+def test_text_pages_render_without_exception(server, browser, path, title):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/{path}")
+    page.wait_for_selector(f"h1:has-text('{title}')", timeout=120_000)
+    _settle(page, timeout_ms=180_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{path}.png"), full_page=True)
     page.close()
 
 

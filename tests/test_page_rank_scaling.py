@@ -8,11 +8,13 @@ from streamlit.testing.v1 import AppTest
 
 import lora_core as lc
 
-PAGES = Path(__file__).resolve().parents[1] / "pages"
+APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
 def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES / name), default_timeout=120)
+    """Run a page through app.py's navigation, as the browser does (its page links must resolve)."""
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.switch_page(f"pages/{name}")
     at.run()
     assert not at.exception, at.exception
     return at

@@ -8,13 +8,14 @@ they compute nothing a user reads off the chart. One submodule per topic; all ar
 """
 
 from .anatomy import dropout_masks, init_gallery_chart, module_treemap, pissa_spectrum
+from .interview import evidence_figure
 from .ledger import ledger_bars, rank_sweep_chart, weight_vs_adapter
 from .quant import codebook_levels, error_histograms, memory_bars, weight_histogram
 from .spectrum import curves, energy_curve, image_pair, layer_bars, scale_vs_rank, similarity_heatmap, spectra
 from .style import PALETTE, layout
 
 __all__ = [
-    "PALETTE", "codebook_levels", "curves", "dropout_masks", "energy_curve", "error_histograms",
+    "PALETTE", "codebook_levels", "curves", "dropout_masks", "energy_curve", "error_histograms", "evidence_figure",
     "image_pair",
     "init_gallery_chart", "layer_bars", "layout", "ledger_bars", "memory_bars", "module_treemap",
     "pissa_spectrum", "rank_sweep_chart", "scale_vs_rank", "similarity_heatmap", "spectra", "weight_histogram",
