@@ -36,11 +36,12 @@ app: setup
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
 test: setup-dev
-	$(PY) -m ruff check lora_core tests app.py pages
+	$(PY) -m ruff check lora_core tests app.py pages lessons
 	$(PY) -m pytest
+	LORA_FAST=1 $(PY) -m pytest --nbmake lessons -q --nbmake-timeout=600 --durations=0
 
 lint: setup-dev
-	$(PY) -m ruff check lora_core tests app.py pages
+	$(PY) -m ruff check lora_core tests app.py pages lessons
 
 clean:
 	rm -rf $(VENV) .pytest_cache

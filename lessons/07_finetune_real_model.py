@@ -1,0 +1,246 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 7 · Fine-tuning a real model
+#
+# Everything so far was measured on frozen weights. Now we train. We take a pretrained language model,
+# add LoRA, and teach it the toy task from seed 000, "YouTube recommendations":
+#
+# > `User likes cooking videos.` → `I recommend 'Pasta Tutorial'`
+#
+# Then we measure the run honestly, the way you would for a real fine-tune:
+#
+# * **learn:** training loss, then loss and BLEU on a *held-out* split whose interests never appear in
+#   training (so the score measures generalisation, not memory);
+# * **forget:** perplexity on a plain-English text that has nothing to do with the task;
+# * **ship:** save the adapter in PEFT's format and load it with `PeftModel.from_pretrained`, with the
+#   same logits.
+#
+# Seed 000 reports "BLEU ≈ 0.65 after 5 epochs on 4 examples" (CLAIMS row 6). That claim is unverified,
+# so we measure instead.
+
+# %%
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
+sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())))
+
+import pandas as pd
+import peft
+import torch
+import transformers
+from IPython.display import display
+from peft import PeftModel
+
+import lora_core as lc
+from lora_core import viz
+from lora_core.datasets.make_datasets import TEST_INTERESTS
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside transformers
+FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
+STEPS = 16 if FAST else 40
+EVAL_EVERY = 4 if FAST else 8
+LORA_CORE = re.search(r'^version = "(.+)"', (Path(lc.__file__).parents[1] / "pyproject.toml").read_text(),
+                      re.M).group(1)
+print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
+      f"| lora_core {LORA_CORE}")
+print("device:", lc.describe_device(lc.pick_device()))
+
+# %% [markdown]
+# ## 1. The model and the data
+#
+# `lc.default_model_name()` picks distilgpt2 (seed 000's model) when a copy is available, and otherwise
+# SmolLM2-135M-Instruct, which ships with LoRA Lab and loads offline. Everything below works for either.
+
+# %%
+MODEL = lc.default_model_name()
+print(MODEL, "|", lc.source_info(MODEL).detail)
+model, tok = lc.load_model(MODEL)
+
+data = lc.load_dataset("recommendations")
+print(f"{len(data.train)} training pairs, {len(data.test)} held-out pairs on interests never trained on:")
+print("  ", ", ".join(TEST_INTERESTS))
+assert not any(interest in prompt for prompt, _ in data.train for interest in TEST_INTERESTS)
+for prompt, completion in data.train[:3] + data.test[:2]:
+    print(f"  {prompt!r:55} -> {completion!r}")
+
+# %% [markdown]
+# The model reads `prompt completion<eos>` and learns only the completion: the prompt's labels are
+# `-100`, the index PyTorch's cross-entropy skips. The `<eos>` is learned too, which is how the model
+# learns to stop. `lc.data.encode_pair` does this; here is one example, token by token:
+
+# %%
+ids, labels = lc.data.encode_pair(tok, *data.train[0], seq_len=64)
+display(pd.DataFrame({"token": [tok.decode([i]) for i in ids], "label": labels}).T)
+print(f"{sum(label != -100 for label in labels)} of {len(ids)} tokens are learned")
+
+# %% [markdown]
+# ## 2. Add LoRA
+#
+# r = 8, α = 16 (scale α/r = 2), and `target_modules=None`, which means PEFT's default for the
+# architecture: `q_proj` and `v_proj` on Llama-family models like SmolLM2, `c_attn` on GPT-2. LoRA's A
+# is random, so we seed it, to make the run repeatable. Lesson 10 trains this same configuration with
+# PEFT and transformers' `Trainer`.
+
+# %%
+LORA = lc.LoraConfig(r=8, lora_alpha=16, target_modules=None, task_type="CAUSAL_LM")
+TRAIN = lc.TrainConfig(steps=STEPS, lr=2e-3, batch_size=8, seq_len=64, seed=0)
+torch.manual_seed(0)
+wrapped = lc.inject_lora(model, LORA)
+print(f"{len(wrapped)} layers wrapped, e.g. {wrapped[:2]}")
+print(lc.peft_line(*lc.trainable_parameters(model)))
+trainer = lc.Trainer(model, tok, data, TRAIN)
+print(f"{STEPS} steps × batch {TRAIN.batch_size} = {STEPS * TRAIN.batch_size / len(data.train):.2f} epochs; "
+      f"AdamW, lr {TRAIN.lr:g}, {TRAIN.warmup_steps} warmup step(s), then cosine decay")
+
+# %% [markdown]
+# ## 3. Before training
+#
+# **BLEU** compares each generated completion with its reference by shared word n-grams. We use
+# `sacrebleu`'s corpus BLEU on its **0–100 scale**. Some texts write BLEU on a 0–1 scale, where their
+# 0.65 would be 65 here. Generation is greedy (deterministic), so the score is repeatable.
+# **Perplexity** on general English is exp(mean next-token loss): lower means the text looks more
+# familiar to the model.
+
+# %%
+general = lc.general_english()
+before = trainer.evaluate("test", bleu=True)
+before["perplexity"] = trainer.perplexity(general)
+print(f"held-out loss {before['loss']:.3f} nats/token | held-out BLEU {before['bleu']:.2f} (0–100) | "
+      f"general-English perplexity {before['perplexity']:.2f}")
+
+# %% [markdown]
+# ## 4. Train
+#
+# `Trainer.run(n, callback)` takes n optimizer steps and calls `callback(metrics)` after each.
+# Our callback records the training loss and, every few steps, the held-out loss.
+
+# %%
+heldout = [(0, before["loss"])]
+
+
+def on_step(metrics: dict) -> None:
+    if metrics["step"] % EVAL_EVERY == 0 or metrics["step"] == STEPS:
+        heldout.append((metrics["step"], trainer.evaluate("test")["loss"]))
+        print(f"step {metrics['step']:3d}  train loss {metrics['loss']:.3f}  held-out loss {heldout[-1][1]:.3f}  "
+              f"lr {metrics['lr']:.1e}  mean ‖ΔW‖ {metrics['delta_norm']:.3f}")
+
+
+history = trainer.run(STEPS, callback=on_step)
+losses = [m["loss"] for m in history]
+seconds = sum(m["seconds"] for m in history)
+print(f"{STEPS} steps in {seconds:.1f} s ({seconds / STEPS:.2f} s/step on this machine)")
+
+fig = viz.curves({"training loss (one batch of 8)": losses}, "Learning the recommendation format",
+                 "loss (nats per completion token)")
+fig.add_scatter(x=[s for s, _ in heldout], y=[v for _, v in heldout], mode="lines+markers",
+                name="held-out loss (unseen interests)")
+fig.show()
+
+# %% [markdown]
+# The training loss is noisy because each point is one batch of 8. The held-out curve uses the whole
+# held-out split, so it is smooth. Most of the drop comes in the first steps, while the model learns the
+# *format* ("I recommend '…'" and then stop). The titles are harder: the held-out interests are new, so
+# the model can only guess plausible ones.
+#
+# ## 5. After training: learn vs forget
+
+# %%
+after = trainer.evaluate("test", bleu=True)
+after["perplexity"] = trainer.perplexity(general)
+seen = trainer.evaluate("train", bleu=True, limit=len(data.test))
+summary = pd.DataFrame({
+    "before": [before["loss"], before["bleu"], before["perplexity"]],
+    "after": [after["loss"], after["bleu"], after["perplexity"]],
+}, index=["held-out loss (nats/token)", "held-out BLEU (0–100)", "general-English perplexity"])
+display(summary.round(3))
+print(f"BLEU on {len(data.test)} *training* prompts after training: {seen['bleu']:.2f} "
+      f"(held-out: {after['bleu']:.2f})")
+
+# %%
+picks = range(0, len(data.test), len(data.test) // 4)
+display(pd.DataFrame([{"prompt": before["prompts"][i], "reference": before["references"][i],
+                       "before": before["predictions"][i], "after": after["predictions"][i]} for i in picks]))
+
+# %% [markdown]
+# Read the table:
+#
+# * **Learn.** Held-out loss and BLEU move a lot. Before training the model rambles. After training it
+#   answers in the task's format, even for interests it never saw. BLEU stays far from 100 because the
+#   titles are invented: a sensible title that isn't the reference scores almost nothing beyond
+#   "I recommend".
+# * **Memory vs generalisation.** BLEU on training prompts is higher than on held-out ones. A score
+#   computed on the training data (like seed 000's 4 examples) mostly measures memorisation.
+# * **Forget.** General-English perplexity moves too: adapting attention to one narrow format costs a
+#   little general fluency. A small r and few steps keep this cost small, but it is not zero, so measure
+#   it for your own task.
+#
+# ## 6. Ship it: a PEFT adapter file
+#
+# `lc.save_adapter` writes the two files PEFT expects. We load them with PEFT onto a fresh copy of the
+# base model, not ours, and compare logits and greedy generations.
+
+# %%
+out_dir = Path(tempfile.mkdtemp(prefix="lesson07-")) / "recommendations-adapter"
+lc.save_adapter(model, out_dir)
+print({p.name: f"{p.stat().st_size:,} bytes" for p in sorted(out_dir.iterdir())})
+config = json.loads((out_dir / "adapter_config.json").read_text())
+print({k: config[k] for k in ("peft_type", "task_type", "r", "lora_alpha", "target_modules")})
+
+fresh, _ = lc.load_model(MODEL)
+peft_model = PeftModel.from_pretrained(fresh, out_dir).eval()
+prompts = [p for p, _ in data.test[:6]]
+batch = tok(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
+with torch.no_grad():
+    ours_logits, peft_logits = model(**batch).logits, peft_model(**batch).logits
+gap = (ours_logits - peft_logits).abs().max().item()
+print(f"{type(peft_model).__name__}: max |logit ours − PEFT| = {gap:.1e}")
+peft_text = lc.generate(peft_model, tok, prompts)
+print("greedy generations identical:", peft_text == after["predictions"][:6])
+assert gap < 1e-4 and peft_text == after["predictions"][:6]
+
+# %% [markdown]
+# The adapter file holds only A and B for the wrapped layers: a few MB next to a base model of a few
+# hundred MB. Anyone with the same base model can load it with PEFT, and they get the same model.
+#
+# ## Check yourself
+#
+# 1. How many parameters did we train, and what share of the model is that?
+# 2. Did the loss fall: on the training batches, and on held-out interests?
+# 3. Seed 000 quotes BLEU ≈ 0.65. On sacrebleu's scale, which number should that be compared with,
+#    and what did we measure on held-out prompts?
+# 4. Which moved more in relative terms: the held-out loss (learn) or general-English perplexity (forget)?
+
+# %%
+trainable, total = lc.trainable_parameters(model)
+answer_2 = (losses[0], sum(losses[-3:]) / 3, before["loss"], after["loss"])
+print(f"1. {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%): only A and B train.")
+print(f"2. training loss {answer_2[0]:.2f} → {answer_2[1]:.2f} (mean of the last 3 steps); "
+      f"held-out loss {answer_2[2]:.2f} → {answer_2[3]:.2f}.")
+print(f"3. 0.65 on a 0–1 scale is {0.65 * 100:.0f} on sacrebleu's 0–100 scale; "
+      f"our held-out BLEU went {before['bleu']:.1f} → {after['bleu']:.1f}.")
+learn = 1 - after["loss"] / before["loss"]
+forget = after["perplexity"] / before["perplexity"] - 1
+print(f"4. held-out loss fell {learn:.0%}; general-English perplexity changed by {forget:+.0%}.")
+assert trainable == sum(LORA.r * (layer.in_features + layer.out_features) for _, layer in lc.lora_layers(model))
+assert answer_2[1] < answer_2[0] and answer_2[3] < answer_2[2]
+assert after["bleu"] > before["bleu"]
