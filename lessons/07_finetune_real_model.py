@@ -167,14 +167,11 @@ fig.show()
 # %%
 after = trainer.evaluate("test", bleu=True)
 after["perplexity"] = trainer.perplexity(general)
-seen = trainer.evaluate("train", bleu=True, limit=len(data.test))
 summary = pd.DataFrame({
     "before": [before["loss"], before["bleu"], before["perplexity"]],
     "after": [after["loss"], after["bleu"], after["perplexity"]],
 }, index=["held-out loss (nats/token)", "held-out BLEU (0–100)", "general-English perplexity"])
 display(summary.round(3))
-print(f"BLEU on {len(data.test)} *training* prompts after training: {seen['bleu']:.2f} "
-      f"(held-out: {after['bleu']:.2f})")
 
 # %%
 picks = range(0, len(data.test), len(data.test) // 4)
@@ -188,19 +185,55 @@ display(pd.DataFrame([{"prompt": before["prompts"][i], "reference": before["refe
 #   answers in the task's format, even for interests it never saw. BLEU stays far from 100 because the
 #   titles are invented: a sensible title that isn't the reference scores almost nothing beyond
 #   "I recommend".
-# * **Memory vs generalisation.** BLEU on training prompts is higher than on held-out ones. A score
-#   computed on the training data (like seed 000's 4 examples) mostly measures memorisation.
-# * **Forget.** General-English perplexity moves too: adapting attention to one narrow format costs a
-#   little general fluency. A small r and few steps keep this cost small, but it is not zero, so measure
-#   it for your own task.
+# * **Forget.** General-English perplexity rises too. The adapter saw nothing but one narrow format, at a
+#   high learning rate, and the model's ordinary English got a little worse. Lower learning rates, fewer
+#   steps and mixing general text into the training data are the usual remedies. Whatever you choose,
+#   measure this number for your own fine-tune; the training loss will never show it to you.
 #
-# ## 6. Ship it: a PEFT adapter file
+# ## 6. Seed 000's setup: 4 examples, 5 epochs
+#
+# Seed 000 trained on 4 examples for 5 epochs and reports BLEU ≈ 0.65. Let's rebuild that: 4 pairs from 4
+# different interests, batch 4 (so one step is one epoch), a fresh adapter, 20 epochs. We score after 5
+# epochs and after 20, on the **4 training prompts** and on the **held-out** prompts.
+
+# %%
+four = lc.Dataset("seed-000", train=[data.train[i] for i in (0, 55, 110, 165)], test=data.test)
+for prompt, completion in four.train:
+    print(f"  {prompt!r:55} -> {completion!r}")
+small, _ = lc.load_model(MODEL)
+torch.manual_seed(0)
+lc.inject_lora(small, LORA)
+EPOCHS = 20
+small_trainer = lc.Trainer(small, tok, four, lc.TrainConfig(steps=EPOCHS, lr=2e-3, batch_size=4, seq_len=64, seed=0))
+scores = {}
+
+
+def score_epoch(metrics: dict) -> None:
+    if metrics["step"] in (5, EPOCHS):
+        scores[metrics["step"]] = {"train loss": metrics["loss"],
+                                   "BLEU, the 4 training prompts": small_trainer.evaluate("train", bleu=True)["bleu"],
+                                   "BLEU, held-out prompts": small_trainer.evaluate("test", bleu=True)["bleu"]}
+
+
+small_trainer.run(EPOCHS, callback=score_epoch)
+display(pd.DataFrame(scores).T.rename_axis("epochs").round(2))
+print("after 20 epochs, on the training prompts:", small_trainer.generate([p for p, _ in four.train]))
+
+# %% [markdown]
+# After 20 epochs the model reproduces its 4 training completions word for word (BLEU 100 on them), while
+# its held-out BLEU stays in single digits, about where the 220-example run above ended. A BLEU computed on the
+# training examples measures **memorisation**, and with 4 examples little else can be learned. So seed
+# 000's "0.65" can't be checked as stated: it names no held-out set, and it doesn't say its scale (on a 0–1
+# scale it would be 65 here). The number worth reporting is the held-out one.
+#
+# ## 7. Ship it: a PEFT adapter file
 #
 # `lc.save_adapter` writes the two files PEFT expects. We load them with PEFT onto a fresh copy of the
 # base model, not ours, and compare logits and greedy generations.
 
 # %%
-out_dir = Path(tempfile.mkdtemp(prefix="lesson07-")) / "recommendations-adapter"
+workdir = tempfile.TemporaryDirectory(prefix="lesson07-")  # removed when the kernel shuts down
+out_dir = Path(workdir.name) / "recommendations-adapter"
 lc.save_adapter(model, out_dir)
 print({p.name: f"{p.stat().st_size:,} bytes" for p in sorted(out_dir.iterdir())})
 config = json.loads((out_dir / "adapter_config.json").read_text())
@@ -226,8 +259,8 @@ assert gap < 1e-4 and peft_text == after["predictions"][:6]
 #
 # 1. How many parameters did we train, and what share of the model is that?
 # 2. Did the loss fall: on the training batches, and on held-out interests?
-# 3. Seed 000 quotes BLEU ≈ 0.65. On sacrebleu's scale, which number should that be compared with,
-#    and what did we measure on held-out prompts?
+# 3. Seed 000 quotes BLEU ≈ 0.65 after 5 epochs on 4 examples. In that setup, what did we measure on the
+#    4 training prompts and on held-out prompts, after 5 and after 20 epochs?
 # 4. Which moved more in relative terms: the held-out loss (learn) or general-English perplexity (forget)?
 
 # %%
@@ -236,11 +269,14 @@ answer_2 = (losses[0], sum(losses[-3:]) / 3, before["loss"], after["loss"])
 print(f"1. {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%): only A and B train.")
 print(f"2. training loss {answer_2[0]:.2f} → {answer_2[1]:.2f} (mean of the last 3 steps); "
       f"held-out loss {answer_2[2]:.2f} → {answer_2[3]:.2f}.")
-print(f"3. 0.65 on a 0–1 scale is {0.65 * 100:.0f} on sacrebleu's 0–100 scale; "
-      f"our held-out BLEU went {before['bleu']:.1f} → {after['bleu']:.1f}.")
+answer_3 = {e: (round(v["BLEU, the 4 training prompts"], 1), round(v["BLEU, held-out prompts"], 1))
+            for e, v in scores.items()}
+print(f"3. (training prompts, held-out) BLEU on 0–100, by epochs: {answer_3}. "
+      "Memorised, not generalised; a 0–1 scale would write 100 as 1.0.")
 learn = 1 - after["loss"] / before["loss"]
 forget = after["perplexity"] / before["perplexity"] - 1
 print(f"4. held-out loss fell {learn:.0%}; general-English perplexity changed by {forget:+.0%}.")
 assert trainable == sum(LORA.r * (layer.in_features + layer.out_features) for _, layer in lc.lora_layers(model))
 assert answer_2[1] < answer_2[0] and answer_2[3] < answer_2[2]
 assert after["bleu"] > before["bleu"]
+assert answer_3[EPOCHS][0] > 90 and answer_3[EPOCHS][1] < 20  # 4 examples: memorised, not generalised

@@ -150,9 +150,12 @@ print("lora_core losses:", [round(x, 3) for x in loss_ours])
 
 
 # %%
+workdir = tempfile.TemporaryDirectory(prefix="lesson10-")  # Trainer wants an output_dir; we save nothing
+
+
 def hf_arguments() -> TrainingArguments:
     return TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="lesson10-"), max_steps=STEPS, per_device_train_batch_size=TRAIN.batch_size,
+        output_dir=workdir.name, max_steps=STEPS, per_device_train_batch_size=TRAIN.batch_size,
         learning_rate=TRAIN.lr, warmup_steps=TRAIN.warmup_steps, lr_scheduler_type="cosine", max_grad_norm=1.0,
         seed=TRAIN.seed, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
         remove_unused_columns=False)  # keep our "idx" field: the collator reads it
