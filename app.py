@@ -51,6 +51,7 @@ pages = [
     st.Page("pages/rank_svd.py", title="Rank and SVD", icon=":material/ssid_chart:"),
     st.Page("pages/scaling.py", title="Scaling: α, r, rsLoRA", icon=":material/balance:"),
     st.Page("pages/finetune.py", title="Live fine-tuning", icon=":material/model_training:"),
+    st.Page("pages/adapters.py", title="Load an adapter", icon=":material/upload_file:"),
     st.Page("pages/qlora.py", title="QLoRA and memory", icon=":material/memory:"),
     st.Page("pages/interview.py", title="Interview prep", icon=":material/quiz:"),
     st.Page("pages/claims.py", title="Claims check", icon=":material/fact_check:"),

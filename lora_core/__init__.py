@@ -32,6 +32,7 @@ from .inject import (
 )
 from .layers import LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
 from .merging import merge_report
+from .model_paths import allowed_models_dir, local_model_dir
 from .models import (
     ModelSource,
     ModelUnavailableError,
@@ -45,7 +46,16 @@ from .models import (
     source_info,
 )
 from .peft_check import peft_reference_count
-from .peft_io import adapter_state_dict, adapter_zip, load_adapter, peft_snippet, read_adapter_config, save_adapter
+from .peft_io import (
+    adapter_state_dict,
+    adapter_zip,
+    load_adapter,
+    load_adapter_zip,
+    peft_snippet,
+    read_adapter_config,
+    read_adapter_upload,
+    save_adapter,
+)
 from .qlora import NF4Linear, base_in_precision, quantize_model, weight_bytes
 from .sharing import shared_base_copy, shares_storage
 from .spectrum import (
@@ -87,6 +97,7 @@ __all__ = [
     "adapter_report",
     "adapter_state_dict",
     "adapter_zip",
+    "allowed_models_dir",
     "anatomy",
     "autocast",
     "available_configs",
@@ -112,10 +123,12 @@ __all__ = [
     "inject_lora",
     "ledger_of",
     "load_adapter",
+    "load_adapter_zip",
     "load_config",
     "load_dataset",
     "load_jsonl",
     "load_model",
+    "local_model_dir",
     "lora_layers",
     "low_rank_approximation",
     "matched_modules",
@@ -131,6 +144,7 @@ __all__ = [
     "quantize_model",
     "rank_k_report",
     "read_adapter_config",
+    "read_adapter_upload",
     "remove_lora",
     "save_adapter",
     "shared_base_copy",

