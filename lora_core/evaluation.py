@@ -84,6 +84,13 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     if any(not ids for ids in encoded):
         raise ValueError("prompts contains an empty prompt: every prompt needs at least one token")
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is not None and (longest := max(map(len, encoded), default=0)) + max_new_tokens > limit:
+        # Past its last position embedding the model fails deep inside generate(): say so here instead.
+        raise ValueError(f"prompt has {longest:,} tokens: this model reads at most {limit:,} positions, so with "
+                         f"max_new_tokens={max_new_tokens} a prompt may have at most {limit - max_new_tokens:,} "
+                         "tokens; shorten it")
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                pad_token_id=pad, eos_token_id=eos)

@@ -47,6 +47,7 @@ class LiveRun:
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
     probes: list[dict] = field(default_factory=list)  # {"step", "ppl", "samples"}
+    base_name: str = ""            # the base model's name, e.g. "distilgpt2-random" (set by the caller)
     base_precision: str = "fp32"   # how the frozen base is stored: fp32, bf16 or nf4 (set by the caller)
     base_bytes: int = 0            # its size in memory
 
@@ -90,6 +91,7 @@ class LiveRun:
                 out.append(self.trainer.step())
             except TrainingDiverged as err:
                 self.status, self.message = "diverged", str(err)
+                self.finish("diverged")  # the adapter is back at its last good weights: measure it like a stop
                 return out
             if self.step % self.probe_every == 0:
                 self._probe()

@@ -104,6 +104,7 @@ state = last_good("anatomy", lambda: lc.LoraConfig(r=r, lora_alpha=alpha, target
 if state is None:
     st.stop()
 cfg = state
+r, alpha = cfg.r, cfg.lora_alpha  # the rest of the page follows the last valid settings, not a rejected input
 
 left, right = st.columns(2)
 for col, name, note in ((left, GPT2, "GPT-2 fuses q, k and v into one Conv1D, `attn.c_attn`, and names its MLP "
@@ -156,15 +157,15 @@ st.caption(f"Forward hooks on one LoRA layer ({trace['in_features']} inputs, r =
 # --- 4. bias, and what is added -----------------------------------------------------------------------
 st.header("4. What `bias` adds, and what LoRA adds")
 name = st.radio("model", [GPT2, LLAMA], horizontal=True)
-rows = last_good(f"anatomy:bias:{name}", lambda: bias_table(name, cfg))
-if rows is not None:
+tables = last_good(f"anatomy:bias:{name}", lambda: (bias_table(name, cfg), added(name, cfg)))
+if tables is not None:
+    rows, info = tables
     counts = {c: st.column_config.NumberColumn(format="localized") for c in ("trainable", "extra trainable",
                                                                              "all params")}
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={**counts, "trainable%": st.column_config.NumberColumn(format="%.4f")})
     st.caption("'all' trains every bias in the model, LayerNorm's included; 'lora_only' trains only the biases "
                "of the wrapped layers. Llama's layers have no biases, so there all three modes agree.")
-    info = added(name, cfg)
     a = st.columns(4)
     a[0].metric("base parameters", f"{info['base_total']:,}")
     a[1].metric("of them still trainable", f"{info['base_trainable']:,}", help="biases only, and only with bias≠none")

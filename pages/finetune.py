@@ -92,7 +92,7 @@ def new_run() -> LiveRun:
                                         name=upload.name)
     model, tok = base_variant(model_name, precision)
     run = LiveRun.start(model, tok, dataset, lora_cfg, train_cfg)
-    run.base_precision, run.base_bytes = precision, lc.weight_bytes(model)
+    run.base_name, run.base_precision, run.base_bytes = model_name, precision, lc.weight_bytes(model)
     return run
 
 
@@ -152,6 +152,9 @@ def draw_live() -> None:
     st.progress(run.step / run.train_config.steps, text=f"status: {run.status}")
     if run.message:
         st.error(run.message)
+        if run.status == "diverged":
+            st.caption("The results below are the restored adapter's. To go on, lower the **learning rate** and "
+                       "press **Start training** for a new run.")
     left, right = st.columns(2)
     left.plotly_chart(viz.curves({"training loss": [h["loss"] for h in run.history]}, "Loss on the task",
                                  "loss (nats/token)"), width="stretch")
@@ -188,7 +191,9 @@ if "bleu" in before:
                       strict=True)], hide_index=True)
 
 report = lc.adapter_report(run.model)
-label = f"{model_name} r={run.lora_config.r} ({run.step} steps)"
+# The run's own base, not the selectbox: that one may have changed, or been reset by a page switch.
+base_name = run.base_name or model_name
+label = f"{base_name} r={run.lora_config.r} ({run.step} steps)"
 st.session_state.setdefault("trained_adapters", {})[label] = {
     row["layer"]: {"A": row["A"], "sv": row["singular_values"]} for row in report}
 left, right = st.columns(2)
@@ -227,9 +232,9 @@ if st.button("Generate both ways"):
         c2.markdown(f"**adapter off (base model):** {result[1]}")
 
 st.download_button("Download the adapter (PEFT format, .zip)", data=lc.adapter_zip(run.model),
-                   file_name=f"lora-{model_name}-r{run.lora_config.r}.zip", mime="application/zip")
+                   file_name=f"lora-{base_name}-r{run.lora_config.r}.zip", mime="application/zip")
 NOTES = {"smollm2-135m": "the exact base: SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF. The hub's "
                          "HuggingFaceTB/SmolLM2-135M-Instruct is close to it, not identical.",
          "distilgpt2-random": "random weights (seed 0): the adapter only fits this exact random base."}
-st.code(lc.peft_snippet(run.model.config._name_or_path or model_name, note=NOTES.get(model_name, "")),
+st.code(lc.peft_snippet(run.model.config._name_or_path or base_name, note=NOTES.get(base_name, "")),
         language="python")

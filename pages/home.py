@@ -3,6 +3,7 @@
 import streamlit as st
 
 import lora_core as lc
+import pages  # noqa: F401  (a page opened by its own link still runs through app.py)
 from lora_core import viz
 
 st.title("LoRA Lab")

@@ -3,76 +3,45 @@
 Uses Debian's chromium (`apt-get install chromium`) through Playwright; `make test` installs both.
 """
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
+from browser_util import SHOTS, chromium, needs_chromium, streamlit_server
+from browser_util import settle as _settle
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("LORA_LAB_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
          "scaling": "Scaling", "qlora": "QLoRA"}
-TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check"}  # may draw no chart until asked
-SHOTS = Path(os.environ.get("LORA_LAB_SCREENSHOTS", "/tmp/lora_lab_screens"))
+# Pages that may draw no chart until asked.
+TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
 
-pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no chromium at {CHROMIUM}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                             "--server.port", str(port), "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy in 60 s:\n" + proc.stdout.read().decode()[-2000:])
-    yield url
-    proc.terminate()  # a run still stepping can keep the server busy for a while on a loaded machine
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
-def _settle(page, timeout_ms: int = 90_000) -> None:
-    """Wait until the script finished running (no 'Running…' status) and the page has content."""
-    page.wait_for_selector('[data-testid="stMain"]', timeout=timeout_ms)
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
+@pytest.fixture(scope="module")
+def server(browser):
+    with streamlit_server() as srv:
+        yield srv.url
+
+
+def test_a_shared_page_link_on_a_fresh_server_gets_the_whole_app(browser):
+    """A teacher starts the server and shares /finetune: the first visitor must get app.py's sidebar.
+
+    Without pages/__init__.py, Streamlit's older `pages/` folder mode runs the page file alone (no links).
+    """
+    with streamlit_server() as srv:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{srv.url}/finetune")
+        page.wait_for_selector('[data-testid="stSidebar"] a', timeout=120_000)
+        _settle(page)
+        links = page.locator('[data-testid="stSidebar"] a').all_inner_texts()
+        assert any("Live fine-tuning" in t for t in links)
+        assert page.locator("h1").first.inner_text() == "Live fine-tuning"
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.close()
 
 
 @pytest.mark.parametrize("path,title", PAGES.items(), ids=[p or "home" for p in PAGES])
@@ -125,7 +94,7 @@ def test_training_in_the_browser_survives_a_page_switch(server, browser):
     _settle(page)
     steps = page.get_by_label("steps")
     steps.fill("3")
-    steps.press("Enter")
+    steps.press("Tab")                                           # Enter would submit the form by itself
     page.get_by_role("button", name="Start training").click()
     page.wait_for_selector("text=held-out BLEU (0–100)", timeout=180_000)   # the run finished and was scored
     _settle(page)
