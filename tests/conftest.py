@@ -35,3 +35,12 @@ def tiny_model(request):
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def models_root(tmp_path, monkeypatch):
+    """An allowed models folder, set the way a teacher does: models_dir in a settings file."""
+    (tmp_path / "lab.toml").write_text('[models]\nmodels_dir = "models"\n')  # relative to the file
+    monkeypatch.setenv("LORA_LAB_SETTINGS", str(tmp_path / "lab.toml"))
+    (tmp_path / "models").mkdir()
+    return tmp_path / "models"

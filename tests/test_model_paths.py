@@ -15,15 +15,6 @@ from lora_core.models import load_model, source_info
 from lora_core.settings import REPO_ROOT, Settings, load_settings
 
 
-@pytest.fixture
-def models_root(tmp_path, monkeypatch):
-    """An allowed models folder set the way a teacher sets it: models_dir in a settings file."""
-    (tmp_path / "lab.toml").write_text('[models]\nmodels_dir = "models"\n')  # relative to the file
-    monkeypatch.setenv("LORA_LAB_SETTINGS", str(tmp_path / "lab.toml"))
-    (tmp_path / "models").mkdir()
-    return tmp_path / "models"
-
-
 def save_tiny(folder: Path) -> Path:
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)).save_pretrained(folder)

@@ -130,15 +130,6 @@ def test_gpt2_tokenizer_is_cached():
     assert models.gpt2_tokenizer().decode([15496, 995]) == "Hello world"
 
 
-@pytest.fixture
-def models_root(tmp_path, monkeypatch):
-    """An allowed models folder, set the way a teacher does: models_dir in a settings file."""
-    (tmp_path / "lab.toml").write_text('[models]\nmodels_dir = "models"\n')  # relative to the file
-    monkeypatch.setenv("LORA_LAB_SETTINGS", str(tmp_path / "lab.toml"))
-    (tmp_path / "models").mkdir()
-    return tmp_path / "models"
-
-
 def test_load_local_directory_and_dtype(models_root):
     from transformers import GPT2Config, GPT2LMHeadModel
 
