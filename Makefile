@@ -1,6 +1,7 @@
 # LoRA Lab: two commands on a fresh machine.
 #   make app    set up (venv + installs) and open the app, offline by default
 #   make test   set up and run every test
+# A room: `make app ADDRESS=0.0.0.0` serves other machines too.
 # Online with the Hugging Face hub? `make app HF_HUB_OFFLINE=0` lets distilgpt2 download once.
 
 PYTHON ?= python3
@@ -8,6 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 PORT   ?= 8501
+ADDRESS ?= 127.0.0.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -33,7 +35,7 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 app: setup
-	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT)
 
 test: setup-dev
 	$(PY) -m ruff check lora_core tests app.py pages lessons

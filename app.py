@@ -53,6 +53,7 @@ pages = [
     st.Page("pages/finetune.py", title="Live fine-tuning", icon=":material/model_training:"),
     st.Page("pages/adapters.py", title="Load an adapter", icon=":material/upload_file:"),
     st.Page("pages/qlora.py", title="QLoRA and memory", icon=":material/memory:"),
+    st.Page("pages/speed.py", title="Speed: LoRA against its floor", icon=":material/speed:"),
     st.Page("pages/interview.py", title="Interview prep", icon=":material/quiz:"),
     st.Page("pages/claims.py", title="Claims check", icon=":material/fact_check:"),
 ]

@@ -8,7 +8,7 @@ from browser_util import SHOTS, chromium, needs_chromium, streamlit_server
 from browser_util import settle as _settle
 
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
-         "scaling": "Scaling", "qlora": "QLoRA"}
+         "scaling": "Scaling", "qlora": "QLoRA", "speed": "Speed"}
 # Pages that may draw no chart until asked.
 TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
 
@@ -38,7 +38,7 @@ def test_a_shared_page_link_on_a_fresh_server_gets_the_whole_app(browser):
         page.wait_for_selector('[data-testid="stSidebar"] a', timeout=120_000)
         _settle(page)
         links = page.locator('[data-testid="stSidebar"] a').all_inner_texts()
-        assert any("Live fine-tuning" in t for t in links)
+        assert any("Live fine-tuning" in t for t in links) and any("Speed" in t for t in links)
         assert page.locator("h1").first.inner_text() == "Live fine-tuning"
         assert page.locator('[data-testid="stException"]').count() == 0
         page.close()

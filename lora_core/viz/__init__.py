@@ -8,6 +8,7 @@ they compute nothing a user reads off the chart. One submodule per topic; all ar
 """
 
 from .anatomy import dropout_masks, init_gallery_chart, module_treemap, pissa_spectrum
+from .bench import step_time_bars, train_state_bars
 from .interview import evidence_figure
 from .ledger import ledger_bars, rank_sweep_chart, weight_vs_adapter
 from .quant import codebook_levels, error_histograms, memory_bars, weight_histogram
@@ -18,6 +19,7 @@ __all__ = [
     "PALETTE", "codebook_levels", "curves", "dropout_masks", "energy_curve", "error_histograms", "evidence_figure",
     "image_pair",
     "init_gallery_chart", "layer_bars", "layout", "ledger_bars", "memory_bars", "module_treemap",
-    "pissa_spectrum", "rank_sweep_chart", "scale_vs_rank", "similarity_heatmap", "spectra", "weight_histogram",
+    "pissa_spectrum", "rank_sweep_chart", "scale_vs_rank", "similarity_heatmap", "spectra", "step_time_bars",
+    "train_state_bars", "weight_histogram",
     "weight_vs_adapter",
 ]
