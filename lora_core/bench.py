@@ -45,6 +45,8 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from .bench_report import (
+    DEFAULT_CASE,
+    floor_ratios,
     format_layer_table,
     format_table,
     layer_benchmark,
@@ -61,7 +63,6 @@ from .step import cuda_graph_step, frozen_graph_step, train_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TARGETS = {"c_attn": ["c_attn"], "all-linear": "all-linear"}  # distilgpt2: all-linear = c_attn+c_proj+c_fc
-DEFAULT_CASE = ("c_attn", 8)  # the headline ratios are for this (targets, r)
 # "ours" is lora_core as shipped; "ours-addmm" and "ours-plain" force LoraLinear's slower forward paths,
 # so one run can show what each fast path buys (see LoraLinear.forward_path and docs/performance.md).
 VARIANTS = ("frozen", "ours", "ours-addmm", "ours-plain", "peft", "full")
@@ -313,49 +314,6 @@ def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
-
-
-def floor_ratios(cases: list[Case], runs: int) -> tuple[dict[str, list[float]], str | None, str | None]:
-    """Fill each case's vs_frozen / vs_floor; return the per-run headline ratios and the modes they used.
-
-    The floor is the fastest frozen step of each run, compiled or not. "ours" is our fastest step; PEFT is
-    timed as users run it (eager). cases[0] must be the frozen case; every case has `runs` times per mode.
-    """
-    frozen = cases[0]
-    # The floor is the fastest frozen step this run could make, compiled or not (per run: the best mode).
-    floor_runs = [min(frozen.ms_runs[m][i] for m in frozen.ms_runs) for i in range(runs)]
-    for case in cases:
-        for mode in case.ms:
-            same = [a / b for a, b in zip(case.ms_runs[mode], frozen.ms_runs.get(mode, []), strict=False) if b]
-            if same:
-                case.vs_frozen[mode] = statistics.median(same)
-            case.vs_floor[mode] = statistics.median(a / b for a, b in zip(case.ms_runs[mode], floor_runs, strict=True))
-
-    def best(case: Case | None, modes: Sequence[str] | None = None) -> list[float]:
-        """Per run: the case's fastest mode (or the fastest of `modes`)."""
-        if case is None:
-            return []
-        modes = [m for m in (modes or case.ms_runs) if m in case.ms_runs]
-        return [min(case.ms_runs[m][i] for m in modes) for i in range(runs)] if modes else []
-
-    def ratio(a: list[float], b: list[float]) -> list[float]:
-        return [x / y for x, y in zip(a, b, strict=True)] if a and b else []
-
-    by = {(c.variant, c.targets, c.r): c for c in cases}
-    ours, peft = by.get(("ours", *DEFAULT_CASE)), by.get(("peft", *DEFAULT_CASE))
-    full = by.get(("full", None, None))
-    headline = {
-        "ours_vs_frozen": ratio(best(ours), floor_runs),          # our best step against the floor
-        "peft_vs_frozen": ratio(best(peft, ["eager"]), floor_runs),  # PEFT as users run it: eager
-        "ours_vs_peft": ratio(best(ours), best(peft, ["eager"])),
-        "full_vs_frozen": ratio(best(full), floor_runs),
-        "ours_eager_vs_frozen_eager": ratio(best(ours, ["eager"]), best(frozen, ["eager"])),
-    }
-
-    def fastest(case: Case | None) -> str | None:
-        return min(case.ms, key=case.ms.get) if case is not None and case.ms else None
-
-    return headline, fastest(frozen), fastest(ours)
 
 
 def run_benchmark(cfg: BenchConfig | None = None, model_config: str | PretrainedConfig = "distilgpt2",

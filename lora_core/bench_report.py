@@ -3,8 +3,9 @@
     rows = layer_benchmark(tokens=512)        # one layer per distilgpt2 shape, every forward path
     print(format_table(shipped_result("cpu")))  # the result shipped with LoRA Lab
 
-Tables, flat rows for figures, the shipped JSON results and the quoted H100 reference numbers live
-here so that pages and lessons can read results without importing the timing machinery.
+The floor and the headline ratios (`floor_ratios`), tables, flat rows for figures, the shipped JSON
+results and the quoted H100 reference numbers live here, so that pages and lessons can read results
+without importing the timing machinery.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +24,52 @@ from .config import LoraConfig
 from .layers import FORWARD_PATHS, LoraLinear
 
 MODES = ("eager", "compiled", "cudagraph")
+DEFAULT_CASE = ("c_attn", 8)  # the headline ratios are for this (targets, r)
 RESULTS_DIR = Path(__file__).parent / "bench_results"  # shipped JSON results, one file per machine kind
+
+
+def floor_ratios(cases: list, runs: int) -> tuple[dict[str, list[float]], str | None, str | None]:
+    """Fill each case's vs_frozen / vs_floor; return the per-run headline ratios and the modes they used.
+
+    The floor is the fastest frozen step of each run, compiled or not. "ours" is our fastest step; PEFT is
+    timed as users run it (eager). cases[0] must be the frozen case; every case has `runs` times per mode.
+    """
+    frozen = cases[0]
+    # The floor is the fastest frozen step this run could make, compiled or not (per run: the best mode).
+    floor_runs = [min(frozen.ms_runs[m][i] for m in frozen.ms_runs) for i in range(runs)]
+    for case in cases:
+        for mode in case.ms:
+            same = [a / b for a, b in zip(case.ms_runs[mode], frozen.ms_runs.get(mode, []), strict=False) if b]
+            if same:
+                case.vs_frozen[mode] = statistics.median(same)
+            case.vs_floor[mode] = statistics.median(a / b for a, b in zip(case.ms_runs[mode], floor_runs, strict=True))
+
+    def best(case: object | None, modes: Sequence[str] | None = None) -> list[float]:
+        """Per run: the case's fastest mode (or the fastest of `modes`)."""
+        if case is None:
+            return []
+        modes = [m for m in (modes or case.ms_runs) if m in case.ms_runs]
+        return [min(case.ms_runs[m][i] for m in modes) for i in range(runs)] if modes else []
+
+    def ratio(a: list[float], b: list[float]) -> list[float]:
+        return [x / y for x, y in zip(a, b, strict=True)] if a and b else []
+
+    by = {(c.variant, c.targets, c.r): c for c in cases}
+    ours, peft = by.get(("ours", *DEFAULT_CASE)), by.get(("peft", *DEFAULT_CASE))
+    full = by.get(("full", None, None))
+    headline = {
+        "ours_vs_frozen": ratio(best(ours), floor_runs),          # our best step against the floor
+        "peft_vs_frozen": ratio(best(peft, ["eager"]), floor_runs),  # PEFT as users run it: eager
+        "ours_vs_peft": ratio(best(ours), best(peft, ["eager"])),
+        "full_vs_frozen": ratio(best(full), floor_runs),
+        "ours_eager_vs_frozen_eager": ratio(best(ours, ["eager"]), best(frozen, ["eager"])),
+    }
+
+    def fastest(case: object | None) -> str | None:
+        return min(case.ms, key=case.ms.get) if case is not None and case.ms else None
+
+    return headline, fastest(frozen), fastest(ours)
+
 
 # Quoted from the issue that asked for this benchmark: measured ELSEWHERE, on an H100, and not
 # reproduced here (distilgpt2 shapes, bf16, batch 16 × seq 256, AdamW; ms per step). Shown as reference.

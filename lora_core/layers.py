@@ -15,7 +15,7 @@ and keeps the original tensor, so a frozen base shared by several models is neve
 `unmerge()` restores W bit for bit. `.eval()` never merges (loralib's trap).
 
 Speed, same numbers: on CPU, from 64 tokens up, LoraLinear computes the forward above as one
-autograd node over the base GEMM (`_FusedLoraLinear`: the scale folded into an in-place addmm, no
+autograd node over the base GEMM (`FusedLoraLinear` in fused.py: the scale folded into an in-place addmm, no
 (..., out)-wide temporaries, dx summed in place). Everywhere else it runs base_layer(x) plus one fused
 addmm (`add_lora`), and the plain formula under torch.compile or when a hook on lora_B must see it
 called. Tests pin every path to the plain formula, gradients included; docs/performance.md has the
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraConfig
+from .fused import FUSABLE_BASES, ONE_NODE_MIN_TOKENS, FusedLoraLinear, fx_tracing, has_hooks
 from .qlora import NF4Linear
 
 LINEAR_TYPES = (nn.Linear, Conv1D, NF4Linear)  # NF4Linear: a 4-bit frozen base (QLoRA)
@@ -165,7 +166,7 @@ class LoraLinear(LoraLayer):
         base = self.base_layer
         # Dropout hits only the LoRA input; without it (p = 0, or eval mode) the branch reads x itself.
         xa = self.lora_dropout(x.to(self.lora_A.weight.dtype)) if self.training and self._has_dropout else None
-        return _FusedLoraLinear.apply(x, xa, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight,
+        return FusedLoraLinear.apply(x, xa, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight,
                                       self.scaling, self.fan_in_fan_out)
 
     @property
@@ -181,12 +182,12 @@ class LoraLinear(LoraLayer):
         backward costs more than it saves (docs/performance.md). Elsewhere `add_lora` runs.
         """
         base = self.base_layer
-        if (type(base) not in _FUSABLE_BASES or self.disabled or self.merged or x.device.type != "cpu"
+        if (type(base) not in FUSABLE_BASES or self.disabled or self.merged or x.device.type != "cpu"
                 or x.dtype != base.weight.dtype or x.numel() < ONE_NODE_MIN_TOKENS * x.shape[-1]):
             return False
-        if any(_GLOBAL_HOOKS) or any(_has_hooks(m) for m in (base, self.lora_A, self.lora_B, self.lora_dropout)):
+        if any(has_hooks(m) for m in (base, self.lora_A, self.lora_B, self.lora_dropout)):
             return False
-        return not (torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling() or _fx_tracing())
+        return not (torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling() or fx_tracing())
 
     def add_lora(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """result + scaling · B(A(dropout(x))) with B's GEMM, the scale and the add fused into one addmm.
@@ -199,7 +200,7 @@ class LoraLinear(LoraLayer):
         has the measurements. A hook on lora_B needs lora_B to be called, so it gets the plain formula;
         so does torch.compile, whose compiler fuses the plain ops itself (measured ~1% faster there).
         """
-        if self._forward_path == "plain" or _has_hooks(self.lora_B) or torch.compiler.is_compiling():
+        if self._forward_path == "plain" or has_hooks(self.lora_B) or torch.compiler.is_compiling():
             return super().add_lora(result, x)  # under torch.compile the plain ops fuse as well, and measured faster
         h = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (..., r); lora_A's hooks still run
         acc, h = result.reshape(-1, self.out_features), h.reshape(-1, self.r)  # (N, out), (N, r)
@@ -207,79 +208,6 @@ class LoraLinear(LoraLayer):
             acc = acc.to(torch.promote_types(acc.dtype, h.dtype))
         out = torch.addmm(acc, h, self.lora_B.weight.T, alpha=self.scaling)  # (N, out) + s · (N, r) @ (r, out)
         return out.view(result.shape).to(result.dtype)
-
-
-class _FusedLoraLinear(torch.autograd.Function):
-    """base(x) + scaling · (x' Aᵀ) Bᵀ as one autograd node, x' = dropout(x) or x itself.
-
-    Forward: the base GEMM writes the output, then one addmm_ adds s · h Bᵀ into it in place (h = x' Aᵀ
-    is (N, r)). Backward: dx = g Wᵀ, then dx += dh A in place, instead of two (N, in) tensors summed by
-    autograd. Saved: the base input x (autograd saves it for the base GEMM anyway), the r-wide h, and
-    x' only when dropout made it a different tensor. With a bf16 base and fp32 factors the LoRA half
-    runs in fp32 and x is recast in the backward instead of keeping an fp32 copy alive.
-    """
-
-    @staticmethod
-    def forward(ctx, x, xa, weight, bias, A, B, scaling: float, fan_in_fan_out: bool):
-        x2 = x.reshape(-1, x.shape[-1])                                      # (N, in)
-        xa2 = x2.to(A.dtype) if xa is None else xa.reshape(-1, xa.shape[-1])  # the LoRA input, (N, in)
-        w = weight if fan_in_fan_out else weight.T                           # (in, out) either way
-        out = x2 @ w if bias is None else torch.addmm(bias, x2, w)           # (N, out): the base layer
-        h = xa2 @ A.T                                                        # (N, in) @ (in, r) -> (N, r)
-        if out.dtype == h.dtype:
-            out.addmm_(h, B.T, alpha=scaling)                                # += s · (N, r) @ (r, out)
-        else:  # add in the wider dtype and round once, as `result + branch` then `.to(result.dtype)`
-            out = out.to(h.dtype).addmm_(h, B.T, alpha=scaling).to(out.dtype)
-        ctx.scaling, ctx.fan_in_fan_out = scaling, fan_in_fan_out
-        ctx.x_shape, ctx.xa_shape = x.shape, None if xa is None else xa.shape
-        ctx.save_for_backward(x2, None if xa is None else xa2, h, weight, A, B)
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x2, xa2, h, weight, A, B = ctx.saved_tensors
-        need_x, need_xa, need_w, need_bias, need_A, need_B = ctx.needs_input_grad[:6]
-        s = ctx.scaling
-        g = grad.reshape(-1, grad.shape[-1])                                 # (N, out)
-        ga = g.to(B.dtype)                                                   # the LoRA half's dtype (a no-op if equal)
-        dx = dxa = dw = dbias = dA = dB = None
-        dh = (ga @ B).mul_(s) if (need_x or need_xa or need_A) else None     # (N, out) @ (out, r) -> (N, r)
-        if need_B:
-            dB = (ga.T @ h).mul_(s)                                          # (out, N) @ (N, r) -> (out, r)
-        if need_A:
-            dA = dh.T @ (x2.to(A.dtype) if xa2 is None else xa2)             # (r, N) @ (N, in) -> (r, in)
-        if need_x:
-            dx = g @ (weight.T if ctx.fan_in_fan_out else weight)            # (N, out) @ (out, in) -> (N, in)
-            if ctx.xa_shape is None:  # the branch read x itself: add its share in place
-                if dx.dtype == dh.dtype:
-                    dx.addmm_(dh, A)                                         # += (N, r) @ (r, in)
-                else:
-                    dx += (dh @ A).to(dx.dtype)
-            dx = dx.view(ctx.x_shape)
-        if need_xa:
-            dxa = (dh @ A).view(ctx.xa_shape)
-        if need_w:
-            dw = x2.T @ g if ctx.fan_in_fan_out else g.T @ x2
-        if need_bias:
-            dbias = g.sum(0)
-        return dx, dxa, dw, dbias, dA, dB, None, None
-
-
-ONE_NODE_MIN_TOKENS = 64  # measured crossover on CPU: slower at 16 tokens, even at 64, ahead from 256
-_FUSABLE_BASES = (nn.Linear, Conv1D)  # exact types: a subclass (or NF4Linear) may compute something else
-_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", lambda: False)  # symbolic_trace only
-
-# torch keeps global module hooks in module-level dicts that it mutates in place; bind them once.
-_GLOBAL_HOOKS = tuple(h for h in (getattr(nn.modules.module, name, None) for name in (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
-    if h is not None)
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether a forward/backward hook would see `module` being called (its own or a global one)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks) or any(_GLOBAL_HOOKS)
 
 
 class LoraEmbedding(LoraLayer):
