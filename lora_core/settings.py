@@ -46,6 +46,11 @@ class Settings:
                              f"({key} in the settings file)")
 
     @property
+    def max_adapter_mib(self) -> int:
+        """max_adapter_bytes rounded up to whole MiB, for Streamlit's uploader (lora_core checks the bytes)."""
+        return max(1, -(-self.max_adapter_bytes // 2**20))
+
+    @property
     def models_path(self) -> Path:
         """`models_dir` as an absolute, resolved path (symlinks followed)."""
         path = Path(self.models_dir).expanduser()

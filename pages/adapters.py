@@ -55,9 +55,9 @@ options = ["upload a .zip", "the adapter trained in this session"] if trained_he
 source = st.radio("adapter", options, horizontal=True)
 data, label = None, None
 if source == "upload a .zip":
-    limit = settings().max_adapter_bytes
-    upload = st.file_uploader("adapter .zip (PEFT format)", type=["zip"], max_upload_size=max(1, -(-limit // 2**20)),
-                              help=f"at most {limit:,} bytes (max_adapter_bytes in lora_lab.toml)")
+    limits = settings()
+    upload = st.file_uploader("adapter .zip (PEFT format)", type=["zip"], max_upload_size=limits.max_adapter_mib,
+                              help=f"at most {limits.max_adapter_bytes:,} bytes (max_adapter_bytes in lora_lab.toml)")
     if upload is not None:
         data, label = upload.getvalue(), upload.name
 else:

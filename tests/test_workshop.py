@@ -86,3 +86,11 @@ def test_a_second_session_queues_until_the_first_run_ends(tmp_path, monkeypatch)
     assert not any("in line" in w.value for w in second.warning)
     assert not first.exception and not second.exception
     st.cache_resource.clear()
+
+
+def test_the_adapter_upload_limit_in_whole_mib_rounds_up():
+    from lora_core.settings import Settings
+
+    assert Settings(max_adapter_bytes=50_000_000).max_adapter_mib == 48   # 47.68 MiB, rounded up
+    assert Settings(max_adapter_bytes=2**20).max_adapter_mib == 1
+    assert Settings(max_adapter_bytes=1).max_adapter_mib == 1
