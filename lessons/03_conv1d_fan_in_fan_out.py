@@ -29,27 +29,16 @@
 # For LoRA the layout matters in exactly one place, and this lesson finds it: the merge.
 
 # %%
-import os
-import re
-import sys
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())
-sys.path.insert(0, str(ROOT))  # lora_core sits at the repository root, above lessons/
-
-import peft
 import torch
-import transformers
 
 import lora_core as lc
 from lora_core import viz
+from lora_core.teach import anatomy
+from lora_core.teach.lesson import setup
 
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
-LORA_CORE = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(this lesson runs on the CPU)")
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer steps, the same pictures and checks).
+FAST = setup("this lesson runs on the CPU")
 
 # %% [markdown]
 # ## 1. Conv1D is a Linear with its weight transposed
@@ -94,7 +83,7 @@ assert max(gap_matmul, gap_linear, gap_functional) < 1e-5
 # %%
 model, tok = lc.load_model("distilgpt2-random", device="cpu")
 cfg = lc.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], init_lora_weights=False)
-viz.module_treemap(lc.anatomy.block_tree(model, cfg), "distilgpt2, block 0: LoRA on c_attn").show()
+viz.module_treemap(anatomy.block_tree(model, cfg), "distilgpt2, block 0: LoRA on c_attn").show()
 print({name: tuple(model.get_submodule(f"transformer.h.0.{name}").weight.shape)
        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")})
 

@@ -27,27 +27,16 @@
 # asks with the LoRA paper's §7 whether adapters of rank 8 and 64 learn the same directions.
 
 # %%
-import os
-import re
-import sys
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())
-sys.path.insert(0, str(ROOT))  # lora_core sits at the repository root, above lessons/
-
-import peft
 import torch
-import transformers
 
 import lora_core as lc
 from lora_core import viz
+from lora_core.teach import toy
+from lora_core.teach.lesson import setup
 
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
-LORA_CORE = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(this lesson runs on the CPU)")
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer steps, the same pictures and checks).
+FAST = setup("this lesson runs on the CPU")
 
 # %% [markdown]
 # ## 1. Keep the top k pieces (Eckart–Young)
@@ -57,12 +46,12 @@ print("device:", lc.describe_device(lc.pick_device()), "(this lesson runs on the
 #
 # $$\lVert W - W_k \rVert_F^2 = \sum_{i > k} \sigma_i^2 .$$
 #
-# We do it by hand on a small grey picture, check it against `lc.low_rank_approximation`, and let
+# We do it by hand on a small grey picture, check it against `lc.spectrum.low_rank_approximation`, and let
 # 200 random rank-$k$ competitors try to beat it (each is the best matrix within a random
 # $k$-dimensional column space, $QQ^\top W$).
 
 # %%
-img = lc.demo_image()                                   # (96, 160), values in [0, 1]
+img = lc.spectrum.demo_image()                                   # (96, 160), values in [0, 1]
 k = 8
 U, S, Vh = torch.linalg.svd(img, full_matrices=False)   # (96, 96), (96,), (96, 160)
 img_k = (U[:, :k] * S[:k]) @ Vh[:k]                      # (96, k) @ (k, 160) -> (96, 160)
@@ -77,7 +66,7 @@ for _ in range(200):
 
 print(f"‖W − W_k‖² = {error:.4f},  Σ_(i>k) σ_i² = {dropped:.4f}")
 print(f"best of 200 random rank-{k} approximations: {min(random_errors):.4f} (the SVD's: {error:.4f})")
-torch.testing.assert_close(img_k, lc.low_rank_approximation(img, k), rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(img_k, lc.spectrum.low_rank_approximation(img, k), rtol=1e-4, atol=1e-5)
 assert abs(error - dropped) < 1e-3 * dropped and min(random_errors) > error
 viz.image_pair(img, img_k, k).show()
 
@@ -90,11 +79,11 @@ viz.image_pair(img, img_k, k).show()
 
 # %%
 energy_by_hand = float(S[:k].square().sum() / S.square().sum())
-report = lc.rank_k_report(img, k)
+report = lc.spectrum.rank_k_report(img, k)
 print(f"energy kept by the top {k}: {energy_by_hand:.2%}; stored {report['stored']:,} of {report['full']:,} numbers")
 assert abs(energy_by_hand - lc.energy_captured(S, k)) < 1e-6 and abs(energy_by_hand - report["energy"]) < 1e-6
 assert report["stored"] == k * (96 + 160)
-viz.energy_curve(lc.energy_profile(S), k, "The picture: energy kept against k").show()
+viz.energy_curve(lc.spectrum.energy_profile(S), k, "The picture: energy kept against k").show()
 
 # %% [markdown]
 # Much of this picture's energy is its bright background, which is nearly rank one. A more honest
@@ -133,7 +122,7 @@ for label, sv in spectra.items():
 up = spectra["mlp.up_proj (1536, 576)"]
 assert lc.energy_captured(up, 8) < 0.10 and lc.effective_rank(up) > 0.5 * len(up)
 viz.spectra(spectra, "SmolLM2 layer 0: singular values of two pretrained weights").show()
-viz.energy_curve(lc.energy_profile(up), 8, "mlp.up_proj: energy kept against k").show()
+viz.energy_curve(lc.spectrum.energy_profile(up), 8, "mlp.up_proj: energy kept against k").show()
 
 # %% [markdown]
 # ## 3. The spectrum of ΔW, from the factors
@@ -186,7 +175,7 @@ print(f"from the factors {t_factors * 1e3:.2f} ms, full SVD {t_full * 1e3:.2f} m
       f"{t_full / t_factors:.0f}× faster here (best of 5 runs; printed, never asserted)")
 torch.testing.assert_close(by_hand, lc.singular_values(layer), rtol=1e-5, atol=1e-6)
 torch.testing.assert_close(by_hand, full[:r], rtol=1e-4, atol=1e-5)
-assert lc.numerical_rank(full) == r                 # exactly r values are non-zero
+assert lc.spectrum.numerical_rank(full) == r                 # exactly r values are non-zero
 viz.spectra({"W = up_proj": up, f"ΔW, r = {r} (random factors)": by_hand}, "W beside ΔW").show()
 
 # %% [markdown]
@@ -200,12 +189,12 @@ viz.spectra({"W = up_proj": up, f"ΔW, r = {r} (random factors)": by_hand}, "W b
 # 1 when one subspace contains the other, 0 when they are orthogonal. Random $i$-dimensional subspaces
 # of $\mathbb{R}^{128}$ give about $i/128$.
 #
-# We train both ranks with Adam on the toy problem of `lc.train_toy`: a frozen 128 × 128 layer must
+# We train both ranks with Adam on the toy problem of `toy.train_toy`: a frozen 128 × 128 layer must
 # learn a hidden update $\Delta W^\*$ of rank 4 with singular values 1, ½, ¼, ⅛. (α = 2r for both.)
 
 # %%
 steps = 150 if FAST else 300
-runs = {r_: lc.train_toy(lc.ToyConfig(r=r_, lora_alpha=2 * r_, lr=2e-3, steps=steps)) for r_ in (8, 64)}
+runs = {r_: toy.train_toy(toy.ToyConfig(r=r_, lora_alpha=2 * r_, lr=2e-3, steps=steps)) for r_ in (8, 64)}
 A8, A64 = (runs[r_].layer.lora_A.weight.detach() for r_ in (8, 64))
 target = runs[8].target_delta
 
@@ -252,13 +241,13 @@ viz.spectra({"target ΔW*": target_sv[:16], **{k_: v[:16] for k_, v in sv.items(
 
 # %%
 q = weights["self_attn.q_proj"]
-answer_1 = lc.rank_k_report(q, 8)["stored"]
+answer_1 = lc.spectrum.rank_k_report(q, 8)["stored"]
 print(f"1. {answer_1:,} numbers = 8·(576+576), the same as r·(in+out) for r = 8")
 assert answer_1 == 8 * (576 + 576) == 9_216
 
 torch.manual_seed(1)
 small = lc.LoraLinear(base, lc.LoraConfig(r=4, init_lora_weights=False))
-answer_2 = lc.numerical_rank(torch.linalg.svdvals(small.delta_weight().detach()))
+answer_2 = lc.spectrum.numerical_rank(torch.linalg.svdvals(small.delta_weight().detach()))
 print("2.", answer_2, "non-zero singular values: ΔW = B·A has rank at most r")
 assert answer_2 == 4
 

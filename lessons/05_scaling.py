@@ -25,27 +25,16 @@
 # 3. What does the popular r = 64, α = 16 setting mean? (The update is shrunk to a quarter.)
 
 # %%
-import os
-import re
-import sys
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())
-sys.path.insert(0, str(ROOT))  # lora_core sits at the repository root, above lessons/
-
-import peft
 import torch
-import transformers
 
 import lora_core as lc
 from lora_core import viz
+from lora_core.teach import toy
+from lora_core.teach.lesson import setup
 
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
-LORA_CORE = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(this lesson runs on the CPU)")
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer steps, the same pictures and checks).
+FAST = setup("this lesson runs on the CPU")
 
 # %% [markdown]
 # ## 1. Two rules
@@ -115,7 +104,7 @@ assert 6 < growth["no scale"] < 10 and growth["α/r"] < 0.2 and 0.7 < growth["α
 # %% [markdown]
 # ### In training
 #
-# Now real Adam runs on `lc.train_toy`: a frozen 128 × 128 layer learns a hidden update of rank 4
+# Now real Adam runs on `toy.train_toy`: a frozen 128 × 128 layer learns a hidden update of rank 4
 # (the same toy as lesson 4). α = 16 for every run, so only the rule differs. The curves are the exact
 # expected loss. Under α/r the three ranks start almost together (at step 20, r = 16 and r = 64 are
 # level): the larger rank's extra capacity is eaten by its smaller scale, and it helps only later.
@@ -123,7 +112,7 @@ assert 6 < growth["no scale"] < 10 and growth["α/r"] < 0.2 and 0.7 < growth["α
 
 # %%
 steps = 60 if FAST else 150
-runs = {(r, rs): lc.train_toy(lc.ToyConfig(r=r, lora_alpha=ALPHA, use_rslora=rs, lr=1e-3, steps=steps))
+runs = {(r, rs): toy.train_toy(toy.ToyConfig(r=r, lora_alpha=ALPHA, use_rslora=rs, lr=1e-3, steps=steps))
         for rs in (False, True) for r in (4, 16, 64)}
 for rs, label in ((False, "α/r"), (True, "α/√r (rsLoRA)")):
     viz.curves({f"r={r}": runs[r, rs].losses for r in (4, 16, 64)}, f"Loss under {label}, α = {ALPHA}",
@@ -173,15 +162,15 @@ assert torch.equal(layer.lora_A.weight, A0)
 # **An exact equivalent exists.** $\Delta W = s\,BA$ does not change under $(B, A, s) \to (cB, cA, s/c^2)$.
 # The gradients of the rescaled factors are $1/c$ times the old ones, which Adam ignores; so if lr
 # becomes $c \cdot \text{lr}$, the rescaled pair follows the old path exactly, scaled by $c$. Doubling α
-# means $c = 1/\sqrt{2}$: lr/√2 *and* $A_0/\sqrt{2}$. `lc.adam_equivalent` builds that config.
+# means $c = 1/\sqrt{2}$: lr/√2 *and* $A_0/\sqrt{2}$. `toy.adam_equivalent` builds that config.
 
 # %%
 adam_steps = 40 if FAST else 80
-base_cfg = lc.ToyConfig(r=8, lora_alpha=16, lr=1e-3, steps=adam_steps)
-half_cfg = lc.ToyConfig(**{**base_cfg.__dict__, "lora_alpha": 32, "lr": 5e-4})
-twin_cfg = lc.adam_equivalent(base_cfg, 2.0)
+base_cfg = toy.ToyConfig(r=8, lora_alpha=16, lr=1e-3, steps=adam_steps)
+half_cfg = toy.ToyConfig(**{**base_cfg.__dict__, "lora_alpha": 32, "lr": 5e-4})
+twin_cfg = toy.adam_equivalent(base_cfg, 2.0)
 print(f"adam_equivalent: α={twin_cfg.lora_alpha:g}, lr={twin_cfg.lr:.3e}, A₀ scaled by {twin_cfg.init_scale:.4f}")
-base_run, half_run, twin_run = (lc.train_toy(c) for c in (base_cfg, half_cfg, twin_cfg))
+base_run, half_run, twin_run = (toy.train_toy(c) for c in (base_cfg, half_cfg, twin_cfg))
 curves = {"(α=16, lr=1e-3)": base_run.losses, "(α=32, lr=5e-4)": half_run.losses,
           "(α=32, lr=7.07e-4, A₀/√2)": twin_run.losses}
 viz.curves(curves, "(α, lr) against (2α, lr/2) and the exact equivalent", "expected loss",
@@ -209,7 +198,7 @@ print(f"r=64, α=16: scale {quarter.scaling:g} (shrinks B·A {1 / quarter.scalin
       f"with use_rslora: {lc.LoraConfig(r=64, lora_alpha=16, use_rslora=True).scaling:g}")
 assert quarter.scaling == 0.25
 
-pair = {a: lc.train_toy(lc.ToyConfig(r=64, lora_alpha=a, lr=1e-3, steps=steps)) for a in (16, 128)}
+pair = {a: toy.train_toy(toy.ToyConfig(r=64, lora_alpha=a, lr=1e-3, steps=steps)) for a in (16, 128)}
 viz.curves({f"α={a} (scale {a / 64:g})": run.losses for a, run in pair.items()},
            "r = 64: α = 16 against α = 128", "expected loss", log_y=True).show()
 viz.curves({f"α={a} (scale {a / 64:g})": run.delta_norms for a, run in pair.items()},
@@ -241,7 +230,7 @@ print(f"2. ×{answer_2}: r=64, α=64 gives {same:g}, the same as r=16, α=32")
 assert same == lc.LoraConfig(r=16, lora_alpha=32, use_rslora=True).scaling
 
 answer_3 = 1e-3 * 16 / 64            # keep s·lr fixed
-first = [lc.train_toy(lc.ToyConfig(r=8, lora_alpha=a, lr=lr, steps=1)).losses[0]
+first = [toy.train_toy(toy.ToyConfig(r=8, lora_alpha=a, lr=lr, steps=1)).losses[0]
          for a, lr in ((16, 1e-3), (64, answer_3))]
 print(f"3. lr = {answer_3:g}: first-step losses {first[0]:.6f} and {first[1]:.6f}")
 assert abs(first[1] / first[0] - 1) < 1e-5

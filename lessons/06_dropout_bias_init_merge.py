@@ -32,34 +32,26 @@
 # %%
 import copy
 import dataclasses
-import os
-import re
-import sys
 import time
 import warnings
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())))
 
 import pandas as pd
 import peft
 import torch
 import torch.nn as nn
-import transformers
 from IPython.display import display
 
 import lora_core as lc
 from lora_core import viz
+from lora_core.teach import anatomy, peft_reference
+from lora_core.teach.lesson import setup
 
 warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
 warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside transformers
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer repeats, the same pictures and checks
-LORA_CORE = re.search(r'^version = "(.+)"', (Path(lc.__file__).parents[1] / "pyproject.toml").read_text(),
-                      re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(this lesson runs on the CPU)")
+
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer repeats, the same pictures and checks).
+FAST = setup("this lesson runs on the CPU")
 
 # %% [markdown]
 # ## 1. Where does `lora_dropout` act?
@@ -127,11 +119,11 @@ assert torch.allclose(out_train, by_hand, atol=1e-6)
 assert torch.equal(layer.lora_A.weight, A_before) and torch.equal(layer.lora_B.weight, B_before)
 
 # %% [markdown]
-# `lc.anatomy.trace_dropout` is the same experiment packaged for the app. Its numbers agree, and
+# `anatomy.trace_dropout` is the same experiment packaged for the app. Its numbers agree, and
 # `viz.dropout_masks` draws a corner of each tensor with its exact zeros in red:
 
 # %%
-trace = lc.anatomy.trace_dropout(p=P)
+trace = anatomy.trace_dropout(p=P)
 print({k: round(trace[k], 4) for k in ("p", "branch_input_zero_fraction", "base_input_zero_fraction",
                                       "A_zero_fraction", "B_zero_fraction", "kept_scale")})
 assert trace["A_zero_fraction"] == trace["B_zero_fraction"] == 0 and trace["base_input_is_x"]
@@ -242,11 +234,11 @@ print("the model's own q_proj weight is unchanged:", torch.equal(q_proj.weight, 
 assert torch.equal(q_proj.weight, W)  # lora_core put W_res in a new tensor
 
 # %% [markdown]
-# Now all four inits side by side on that weight (`lc.anatomy.init_gallery` wraps a fresh copy for each
+# Now all four inits side by side on that weight (`anatomy.init_gallery` wraps a fresh copy for each
 # mode and measures ‖ΔW‖ and how far the layer's output moves at step 0):
 
 # %%
-gallery = lc.anatomy.init_gallery(q_proj, r=R, lora_alpha=ALPHA)
+gallery = anatomy.init_gallery(q_proj, r=R, lora_alpha=ALPHA)
 table = pd.DataFrame(gallery["rows"]).set_index("mode")[
     ["A_norm", "B_norm", "delta_norm", "max_abs_output_change", "base_rewritten", "max_abs_reconstruction_error"]]
 display(table)
@@ -400,15 +392,15 @@ by_hand = {"none": 0,
 print(f"{len(biases)} bias vectors in distilgpt2; extra trainable by hand: {by_hand}")
 
 cfg = lc.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"])
-bias_rows = lc.anatomy.bias_mode_ledgers("distilgpt2", cfg)
+bias_rows = anatomy.bias_mode_ledgers("distilgpt2", cfg)
 for row in bias_rows:
-    peft_counts = lc.peft_reference_count("distilgpt2", dataclasses.replace(cfg, bias=row["bias"]))
+    peft_counts = peft_reference.peft_reference_count("distilgpt2", dataclasses.replace(cfg, bias=row["bias"]))
     row["PEFT (trainable, all)"] = peft_counts
     assert row["extra trainable"] == by_hand[row["bias"]]
     assert peft_counts == (row["trainable"], row["all params"])
 display(pd.DataFrame(bias_rows).set_index("bias"))
 
-smol_rows = lc.anatomy.bias_mode_ledgers("SmolLM2-135M", lc.LoraConfig(r=8, lora_alpha=16))
+smol_rows = anatomy.bias_mode_ledgers("SmolLM2-135M", lc.LoraConfig(r=8, lora_alpha=16))
 print("SmolLM2 (Llama architecture), extra trainable per mode:", {r["bias"]: r["extra trainable"] for r in smol_rows})
 assert all(r["extra trainable"] == 0 for r in smol_rows)
 
@@ -432,7 +424,7 @@ assert all(r["extra trainable"] == 0 for r in smol_rows)
 # Think first, then run the cell.
 
 # %%
-answer_1 = lc.anatomy.trace_dropout(p=0.1)["A_zero_fraction"]
+answer_1 = anatomy.trace_dropout(p=0.1)["A_zero_fraction"]
 answer_2 = torch.linalg.svdvals(ours.base_layer.weight)[0].item()
 answer_3 = len(lc.lora_layers(plain))
 answer_4 = next(r["extra trainable"] for r in bias_rows if r["bias"] == "lora_only")

@@ -34,49 +34,40 @@
 
 # %%
 import json
-import os
-import re
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())))
-
 import pandas as pd
-import peft
 import torch
-import transformers
 from IPython.display import display
 from peft import PeftModel
 
 import lora_core as lc
-from lora_core import viz
-from lora_core.datasets.make_datasets import TEST_INTERESTS
+from lora_core import training, viz
+from lora_core.teach.lesson import setup
+from lora_core.training.datasets.make_datasets import TEST_INTERESTS
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside transformers
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
+
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer steps, the same pictures and checks).
+FAST = setup()
 STEPS = 16 if FAST else 40
 EVAL_EVERY = 4 if FAST else 8
-LORA_CORE = re.search(r'^version = "(.+)"', (Path(lc.__file__).parents[1] / "pyproject.toml").read_text(),
-                      re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()))
 
 # %% [markdown]
 # ## 1. The model and the data
 #
-# `lc.default_model_name()` picks distilgpt2 (seed 000's model) when a copy is available, and otherwise
+# `lc.models.default_model_name()` picks distilgpt2 (seed 000's model) when a copy is available, and otherwise
 # SmolLM2-135M-Instruct, which ships with LoRA Lab and loads offline. Everything below works for either.
 
 # %%
-MODEL = lc.default_model_name()
-print(MODEL, "|", lc.source_info(MODEL).detail)
+MODEL = lc.models.default_model_name()
+print(MODEL, "|", lc.models.source_info(MODEL).detail)
 model, tok = lc.load_model(MODEL)
 
-data = lc.load_dataset("recommendations")
+data = training.load_dataset("recommendations")
 print(f"{len(data.train)} training pairs, {len(data.test)} held-out pairs on interests never trained on:")
 print("  ", ", ".join(TEST_INTERESTS))
 assert not any(interest in prompt for prompt, _ in data.train for interest in TEST_INTERESTS)
@@ -86,10 +77,10 @@ for prompt, completion in data.train[:3] + data.test[:2]:
 # %% [markdown]
 # The model reads `prompt completion<eos>` and learns only the completion: the prompt's labels are
 # `-100`, the index PyTorch's cross-entropy skips. The `<eos>` is learned too, which is how the model
-# learns to stop. `lc.data.encode_pair` does this; here is one example, token by token:
+# learns to stop. `training.data.encode_pair` does this; here is one example, token by token:
 
 # %%
-ids, labels = lc.data.encode_pair(tok, *data.train[0], seq_len=64)
+ids, labels = training.data.encode_pair(tok, *data.train[0], seq_len=64)
 display(pd.DataFrame({"token": [tok.decode([i]) for i in ids], "label": labels}).T)
 print(f"{sum(label != -100 for label in labels)} of {len(ids)} tokens are learned")
 
@@ -103,12 +94,12 @@ print(f"{sum(label != -100 for label in labels)} of {len(ids)} tokens are learne
 
 # %%
 LORA = lc.LoraConfig(r=8, lora_alpha=16, target_modules=None, task_type="CAUSAL_LM")
-TRAIN = lc.TrainConfig(steps=STEPS, lr=2e-3, batch_size=8, seq_len=64, seed=0)
+TRAIN = training.TrainConfig(steps=STEPS, lr=2e-3, batch_size=8, seq_len=64, seed=0)
 torch.manual_seed(0)
 wrapped = lc.inject_lora(model, LORA)
 print(f"{len(wrapped)} layers wrapped, e.g. {wrapped[:2]}")
 print(lc.peft_line(*lc.trainable_parameters(model)))
-trainer = lc.Trainer(model, tok, data, TRAIN)
+trainer = training.Trainer(model, tok, data, TRAIN)
 print(f"{STEPS} steps × batch {TRAIN.batch_size} = {STEPS * TRAIN.batch_size / len(data.train):.2f} epochs; "
       f"AdamW, lr {TRAIN.lr:g}, {TRAIN.warmup_steps} warmup step(s), then cosine decay")
 
@@ -122,7 +113,7 @@ print(f"{STEPS} steps × batch {TRAIN.batch_size} = {STEPS * TRAIN.batch_size / 
 # familiar to the model.
 
 # %%
-general = lc.general_english()
+general = training.general_english()
 before = trainer.evaluate("test", bleu=True)
 before["perplexity"] = trainer.perplexity(general)
 print(f"held-out loss {before['loss']:.3f} nats/token | held-out BLEU {before['bleu']:.2f} (0–100) | "
@@ -197,14 +188,15 @@ display(pd.DataFrame([{"prompt": before["prompts"][i], "reference": before["refe
 # epochs and after 20, on the **4 training prompts** and on the **held-out** prompts.
 
 # %%
-four = lc.Dataset("seed-000", train=[data.train[i] for i in (0, 55, 110, 165)], test=data.test)
+four = training.Dataset("seed-000", train=[data.train[i] for i in (0, 55, 110, 165)], test=data.test)
 for prompt, completion in four.train:
     print(f"  {prompt!r:55} -> {completion!r}")
 small, _ = lc.load_model(MODEL)
 torch.manual_seed(0)
 lc.inject_lora(small, LORA)
 EPOCHS = 20
-small_trainer = lc.Trainer(small, tok, four, lc.TrainConfig(steps=EPOCHS, lr=2e-3, batch_size=4, seq_len=64, seed=0))
+small_trainer = training.Trainer(small, tok, four,
+                                 training.TrainConfig(steps=EPOCHS, lr=2e-3, batch_size=4, seq_len=64, seed=0))
 scores = {}
 
 
@@ -247,7 +239,7 @@ with torch.no_grad():
     ours_logits, peft_logits = model(**batch).logits, peft_model(**batch).logits
 gap = (ours_logits - peft_logits).abs().max().item()
 print(f"{type(peft_model).__name__}: max |logit ours − PEFT| = {gap:.1e}")
-peft_text = lc.generate(peft_model, tok, prompts)
+peft_text = training.generate(peft_model, tok, prompts)
 print("greedy generations identical:", peft_text == after["predictions"][:6])
 assert gap < 1e-4 and peft_text == after["predictions"][:6]
 

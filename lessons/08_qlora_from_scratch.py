@@ -30,32 +30,23 @@
 # 16 and 18).
 
 # %%
-import os
-import re
-import sys
 import warnings
 from dataclasses import replace
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())))
 
 import pandas as pd
-import peft
 import torch
-import transformers
 from IPython.display import display
 
 import lora_core as lc
-from lora_core import memory, quant, viz
+from lora_core import viz
+from lora_core.quant import codebook, memory
+from lora_core.teach.lesson import setup
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-FAST = os.environ.get("LORA_FAST") == "1"  # nothing here is slow; kept for the lesson convention
-LORA_CORE = re.search(r'^version = "(.+)"', (Path(lc.__file__).parents[1] / "pyproject.toml").read_text(),
-                      re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(quantization here runs on the CPU)")
+
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (nothing here is slow; kept for the lesson convention).
+FAST = setup("quantization here runs on the CPU")
 
 # %% [markdown]
 # ## 1. NF4: sixteen quantiles of N(0, 1)
@@ -85,17 +76,17 @@ negative = -normal.icdf(torch.linspace(edge, 0.5, 8, dtype=torch.float64)[:-1]) 
 levels = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values
 nf4_by_hand = (levels / levels.max()).float()                                      # (16,) in [-1, 1]
 
-nf4 = quant.nf4_codebook()
+nf4 = codebook.nf4_codebook()
 # bitsandbytes' NF4 table, as published (QLoRA paper, appendix E):
 published = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
                           -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
                           0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
                           0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
 display(pd.DataFrame({"by hand": nf4_by_hand, "lora_core": nf4, "bitsandbytes": published}).round(6))
-print(f"edge probability 1 − δ = {edge:.7f} (lora_core uses {quant.NF4_OFFSET})")
+print(f"edge probability 1 − δ = {edge:.7f} (lora_core uses {codebook.NF4_OFFSET})")
 print("max |by hand − lora_core| =", (nf4_by_hand - nf4).abs().max().item(),
       "| max |lora_core − bitsandbytes| =", (nf4 - published).abs().max().item())
-assert abs(edge - quant.NF4_OFFSET) < 1e-7
+assert abs(edge - codebook.NF4_OFFSET) < 1e-7
 torch.testing.assert_close(nf4_by_hand, nf4, atol=1e-6, rtol=0)
 torch.testing.assert_close(nf4, published, atol=1e-6, rtol=0)
 
@@ -105,13 +96,13 @@ torch.testing.assert_close(nf4, published, atol=1e-6, rtol=0)
 # ±2⁻ᵏ, each level half the next. Look at the ratios instead of arguing:
 
 # %%
-log4 = quant.log4_codebook()
+log4 = codebook.log4_codebook()
 nf4_ratios = nf4[9:] / nf4[8:-1]     # neighbouring positive levels of NF4
 log_ratios = log4[9:] / log4[8:-1]   # neighbouring positive levels of the log grid
 print("NF4 ratios:", [round(v, 3) for v in nf4_ratios.tolist()])
 print("log ratios:", [round(v, 3) for v in log_ratios.tolist()])
 assert torch.allclose(log_ratios, torch.tensor(2.0)) and nf4_ratios.max() / nf4_ratios.min() > 1.5
-viz.codebook_levels(quant.codebooks(), quant.normal_density_on_codebook_scale()).show()
+viz.codebook_levels(codebook.codebooks(), codebook.normal_density_on_codebook_scale()).show()
 
 # %% [markdown]
 # NF4's ratio changes from one pair of levels to the next, so it is not a log grid. Its levels are close
@@ -143,12 +134,12 @@ w_hat = (nf4[codes] * absmax).reshape(w.shape)                 # dequantized
 display(pd.DataFrame({"w": blocks[0, :6], "w / absmax": scaled[0, :6], "code (4 bits)": codes[0, :6],
                       "level": nf4[codes[0, :6]], "ŵ = level · absmax": (nf4[codes] * absmax)[0, :6]}).round(5))
 
-q = quant.quantize_blockwise(w, nf4, BLOCK)
+q = codebook.quantize_blockwise(w, nf4, BLOCK)
 agree = (q.codes.long() == codes).float().mean().item()
 print(f"{absmax.numel():,} blocks | codes equal to lora_core's: {agree:.4%} | "
-      f"max |ŵ by hand − lora_core| = {(w_hat - quant.dequantize(q)).abs().max().item():.1e}")
+      f"max |ŵ by hand − lora_core| = {(w_hat - codebook.dequantize(q)).abs().max().item():.1e}")
 print(f"relative error ‖ŵ − w‖ / ‖w‖ = {((w_hat - w).norm() / w.norm()).item():.4f}")
-assert agree > 0.9999 and torch.allclose(w_hat, quant.dequantize(q), atol=1e-6)
+assert agree > 0.9999 and torch.allclose(w_hat, codebook.dequantize(q), atol=1e-6)
 
 # %% [markdown]
 # (A weight exactly halfway between two levels may round either way, hence "equal" up to a few ties.)
@@ -157,8 +148,8 @@ assert agree > 0.9999 and torch.allclose(w_hat, quant.dequantize(q), atol=1e-6)
 # 32 / block_size bits per weight on top of the 4-bit code.
 
 # %%
-sweep = pd.DataFrame([{"block size": b, "NF4 RMSE": quant.quantization_error(w, nf4, b)["rmse"],
-                       "constant bits / weight": quant.constant_bits_per_param(b)}
+sweep = pd.DataFrame([{"block size": b, "NF4 RMSE": codebook.quantization_error(w, nf4, b)["rmse"],
+                       "constant bits / weight": codebook.constant_bits_per_param(b)}
                       for b in (16, 64, 256, 1024, w.numel())]).set_index("block size")
 display(sweep)
 assert sweep["NF4 RMSE"].is_monotonic_increasing
@@ -180,10 +171,10 @@ assert sweep["NF4 RMSE"].is_monotonic_increasing
 # %%
 plain_bits, double_bits = 32 / 64, 8 / 64 + 32 / (64 * 256)
 print(f"by hand: {plain_bits} → {double_bits:.5f} bits per weight | lora_core: "
-      f"{quant.constant_bits_per_param(64)} → {quant.constant_bits_per_param(64, double_quant=True):.5f}")
-assert double_bits == quant.constant_bits_per_param(64, double_quant=True)
+      f"{codebook.constant_bits_per_param(64)} → {codebook.constant_bits_per_param(64, double_quant=True):.5f}")
+assert double_bits == codebook.constant_bits_per_param(64, double_quant=True)
 
-dq = quant.double_quantize(q.absmax, block_size=256, weight_block_size=64)
+dq = codebook.double_quantize(q.absmax, block_size=256, weight_block_size=64)
 absmax_8bit = dq.dequantize()                                   # (n_blocks,) the constants after the round trip
 w_hat_dq = (nf4[q.codes.long()] * absmax_8bit[:, None]).reshape(w.shape)
 rmse = lambda a: (a - w).pow(2).mean().sqrt().item()
@@ -206,11 +197,11 @@ assert abs(dq.bits_per_param() - double_bits) < 0.005 and rmse(w_hat_dq) < 1.05 
 # %%
 names = ["model.layers.0.self_attn.q_proj", "model.layers.15.mlp.up_proj", "model.layers.29.mlp.down_proj"]
 weights = {name: model.get_submodule(name).weight.detach() for name in names}
-weights["control: N(0, 0.02²)"] = quant.normal_weights()
-books = quant.codebooks()
+weights["control: N(0, 0.02²)"] = codebook.normal_weights()
+books = codebook.codebooks()
 rows = []
 for name, weight in weights.items():
-    errors = {book: quant.quantization_error(weight, levels, 64) for book, levels in books.items()}
+    errors = {book: codebook.quantization_error(weight, levels, 64) for book, levels in books.items()}
     nf4_rmse = errors["NF4"]["rmse"]
     rows.append({"weight": name, "NF4 RMSE": nf4_rmse,
                  **{f"{book} RMSE ÷ NF4's": errors[book]["rmse"] / nf4_rmse for book in books if book != "NF4"},
@@ -219,11 +210,11 @@ table = pd.DataFrame(rows).set_index("weight")
 display(table.round(4))
 assert (table["int4 (uniform) RMSE ÷ NF4's"] > 1).all() and (table["log4 RMSE ÷ NF4's"] > 1).all()
 
-edges, counts = quant.value_histogram(quant.block_normalize(w, 64)[0], bins=101, limit=1.0)
+edges, counts = codebook.value_histogram(codebook.block_normalize(w, 64)[0], bins=101, limit=1.0)
 viz.weight_histogram(edges, counts, books, "up_proj of layer 15: weights ÷ block absmax, and each grid's levels").show()
-errs = {book: quant.round_trip_error(w, levels, 64) for book, levels in books.items()}
+errs = {book: codebook.round_trip_error(w, levels, 64) for book, levels in books.items()}
 limit = max(e.abs().max().item() for e in errs.values())
-viz.error_histograms({book: quant.value_histogram(e, bins=81, limit=limit) for book, e in errs.items()}).show()
+viz.error_histograms({book: codebook.value_histogram(e, bins=81, limit=limit) for book, e in errs.items()}).show()
 
 # %% [markdown]
 # NF4 has the lowest error on every matrix. The uniform grid comes second. The log grid is worst by far,
@@ -239,7 +230,7 @@ viz.error_histograms({book: quant.value_histogram(e, bins=81, limit=limit) for b
 # Seed 002 fine-tunes Llama-2-7b with QLoRA: r = 64, α = 16, dropout 0.1, NF4 with fp16 compute, batch 4,
 # no nested (double) quantization, and no `target_modules`, so PEFT's default for Llama applies: `q_proj`
 # and `v_proj`. The seed gives no sequence length, so the estimator assumes 512.
-# `lc.memory` adds up the bytes of one training step, component by component, with every formula shown.
+# `lc.quant.memory` adds up the bytes of one training step, component by component, with every formula shown.
 # Parameter counts come from the real architecture on the meta device, not from a typed-in number.
 
 # %%
@@ -321,7 +312,7 @@ assert memory.estimate_memory(replace(seed, method="lora", weight_dtype="bf16"))
 # 4. Which component of seed 002's training memory is largest?
 
 # %%
-answer_1 = (4 + quant.constant_bits_per_param(64), 4 + quant.constant_bits_per_param(64, double_quant=True))
+answer_1 = (4 + codebook.constant_bits_per_param(64), 4 + codebook.constant_bits_per_param(64, double_quant=True))
 answer_2 = (nf4_ratios.min().item(), nf4_ratios.max().item())
 answer_3 = (est.layers_with_lora, est.trainable_params)
 answer_4 = max(est.breakdown(), key=est.breakdown().get)

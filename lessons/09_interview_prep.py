@@ -25,36 +25,28 @@
 
 # %%
 import copy
-import os
-import re
-import sys
 import time
 import warnings
 from dataclasses import replace
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())))
 
 import pandas as pd
 import peft
 import torch
 import torch.nn as nn
-import transformers
 from IPython.display import display
 
 import lora_core as lc
-from lora_core import memory, quant
+from lora_core.quant import codebook, memory
+from lora_core.teach import anatomy, peft_reference, toy
+from lora_core.teach.lesson import setup
 
 warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
 warnings.filterwarnings("ignore", category=FutureWarning)
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer timing repeats; every answer is still computed
+
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer timing repeats; every answer is still computed).
+FAST = setup("everything here is small and runs on the CPU")
 REPEATS = 2 if FAST else 5
-LORA_CORE = re.search(r'^version = "(.+)"', (Path(lc.__file__).parents[1] / "pyproject.toml").read_text(),
-                      re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "(everything here is small and runs on the CPU)")
 
 # %% [markdown]
 # ## Counting and scaling
@@ -69,7 +61,7 @@ print("device:", lc.describe_device(lc.pick_device()), "(everything here is smal
 cfg = lc.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"])
 by_hand = 6 * 8 * (768 + 2304)
 ledger = lc.count_lora_parameters("distilgpt2", cfg)
-peft_trainable, peft_total = lc.peft_reference_count("distilgpt2", cfg)
+peft_trainable, peft_total = peft_reference.peft_reference_count("distilgpt2", cfg)
 print(f"by hand 6 × 8 × (768 + 2304) = {by_hand:,}; lora_core {ledger.trainable:,}; PEFT {peft_trainable:,}")
 print(lc.peft_line(ledger.trainable, ledger.total), "(the total includes the adapter)")
 assert by_hand == ledger.trainable == peft_trainable and ledger.total == peft_total
@@ -116,10 +108,10 @@ assert first_gradients(False)[0] == 0 < first_gradients(False)[1] and first_grad
 # and tune the learning rate. Evidence on the toy problem from lesson 5:
 
 # %%
-toy = lc.ToyConfig(lora_alpha=16, lr=1e-3, steps=60)
-base_run = lc.train_toy(toy)
-twin_run = lc.train_toy(lc.adam_equivalent(toy, 2.0))                    # 2α with lr and A₀ rescaled
-naive_run = lc.train_toy(replace(toy, lora_alpha=32))                    # 2α, nothing else changed
+toy_cfg = toy.ToyConfig(lora_alpha=16, lr=1e-3, steps=60)
+base_run = toy.train_toy(toy_cfg)
+twin_run = toy.train_toy(toy.adam_equivalent(toy_cfg, 2.0))                # 2α with lr and A₀ rescaled
+naive_run = toy.train_toy(replace(toy_cfg, lora_alpha=32))                # 2α, nothing else changed
 gap = lambda run: max(abs(a - b) / a for a, b in zip(base_run.losses, run.losses, strict=True))
 print(f"largest relative loss gap vs (α, lr): Adam-equivalent twin {gap(twin_run):.1e}; "
       f"just doubling α {gap(naive_run):.1%}")
@@ -148,11 +140,11 @@ assert scales.loc[256, "α/r"] == 16 / 256 and scales.loc[256, "α/√r (rsLoRA)
 # entries of A or B, and it doesn't touch the frozen path. Survivors are scaled by 1/(1−p).
 
 # %%
-trace = lc.anatomy.trace_dropout(p=0.1)
+trace = anatomy.trace_dropout(p=0.1)
 print(f"p = 0.1: zeros in the branch input {trace['branch_input_zero_fraction']:.1%}, in the frozen path's "
       f"input {trace['base_input_zero_fraction']:.0%}, in A {trace['A_zero_fraction']:.0%}, "
       f"in B {trace['B_zero_fraction']:.0%}; survivors × {trace['kept_scale']:.4f}")
-eval_trace = lc.anatomy.trace_dropout(p=0.1, train=False)
+eval_trace = anatomy.trace_dropout(p=0.1, train=False)
 print(f"eval mode: zeros in the branch input {eval_trace['branch_input_zero_fraction']:.0%}")
 assert trace["A_zero_fraction"] == trace["B_zero_fraction"] == trace["base_input_zero_fraction"] == 0
 assert eval_trace["branch_input_zero_fraction"] == 0
@@ -167,7 +159,7 @@ assert eval_trace["branch_input_zero_fraction"] == 0
 # output layer.
 
 # %%
-report = lc.anatomy.regex_vs_all_linear(lc.build_on_meta("distilgpt2"))
+report = anatomy.regex_vs_all_linear(lc.build_on_meta("distilgpt2"))
 print("regex r'\\((\\w+)\\): Linear' finds:", report["regex"])
 print("all-linear wraps:", report["all_linear"], f"({report['all_linear_modules']} modules)")
 print(f"and leaves out {report['excluded_output_layer']} (tied to the input embedding: "
@@ -183,7 +175,7 @@ assert report["regex"] == ["lm_head"] and report["all_linear_modules"] == 24
 # `bias` or `modules_to_save` asks for it.
 
 # %%
-split = lc.anatomy.added_not_selected("distilgpt2", cfg)
+split = anatomy.added_not_selected("distilgpt2", cfg)
 print(f"old parameters: {split['base_total']:,}, of which trainable {split['base_trainable']:,}; "
       f"new LoRA parameters: {split['lora']:,}")
 assert split["base_trainable"] == 0 and split["lora"] == split["trainable"] == by_hand
@@ -224,13 +216,13 @@ assert merged_params == base_params and torch.allclose(merged, unmerged, atol=1e
 # dequantize, add ΔW, keep 16 bits. By hand on a normal weight, with ‖ΔW‖ = 2% of ‖W‖:
 
 # %%
-nf4 = quant.nf4_codebook()
-W = quant.normal_weights((576, 576))
+nf4 = codebook.nf4_codebook()
+W = codebook.normal_weights((576, 576))
 g = torch.Generator().manual_seed(1)
 delta = torch.randn(576, 8, generator=g) @ torch.randn(8, 576, generator=g)    # rank 8, like B·A
 delta *= 0.02 * W.norm() / delta.norm()
-W4 = quant.dequantize(quant.quantize_blockwise(W, nf4))                       # the 4-bit base, dequantized
-requantized = quant.dequantize(quant.quantize_blockwise(W4 + delta, nf4))     # "merge into 4 bits"
+W4 = codebook.dequantize(codebook.quantize_blockwise(W, nf4))                       # the 4-bit base, dequantized
+requantized = codebook.dequantize(codebook.quantize_blockwise(W4 + delta, nf4))     # "merge into 4 bits"
 kept = ((requantized - W4) - delta).norm() / delta.norm()
 print(f"merged into 4 bits, the change to the weights differs from ΔW by {kept:.0%} of ‖ΔW‖: "
       "it is mostly rounding noise. Merged into 16 bits, it is ΔW up to 16-bit rounding.")
@@ -248,7 +240,7 @@ assert kept > 0.5
 # %%
 print("NF4 levels:", [round(v, 4) for v in nf4.tolist()])
 print(f"{(nf4 < 0).sum().item()} negative, {(nf4 == 0).sum().item()} zero, {(nf4 > 0).sum().item()} positive levels")
-errors = {name: quant.quantization_error(W, book)["rmse"] for name, book in quant.codebooks().items()}
+errors = {name: codebook.quantization_error(W, book)["rmse"] for name, book in codebook.codebooks().items()}
 print("round-trip RMSE on a normal weight, blocks of 64:", {k: f"{v:.2e}" for k, v in errors.items()})
 assert (nf4 > 0).sum() == 8 and (nf4 < 0).sum() == 7 and min(errors, key=errors.get) == "NF4"
 
@@ -261,9 +253,10 @@ assert (nf4 > 0).sum() == 8 and (nf4 < 0).sum() == 7 and min(errors, key=errors.
 # %%
 seed = memory.SEED_002_QLORA
 plain, double = (memory.estimate_memory(replace(seed, double_quant=dq)) for dq in (False, True))
-print(f"{quant.constant_bits_per_param(64)} → {quant.constant_bits_per_param(64, double_quant=True):.4f} bits/weight; "
+print(f"{codebook.constant_bits_per_param(64)} → "
+      f"{codebook.constant_bits_per_param(64, double_quant=True):.4f} bits/weight; "
       f"Llama-2-7b constants {plain.quant_constants / 2**30:.3f} → {double.quant_constants / 2**30:.3f} GiB")
-assert abs(quant.constant_bits_per_param(64, double_quant=True) - 0.127) < 0.001
+assert abs(codebook.constant_bits_per_param(64, double_quant=True) - 0.127) < 0.001
 
 # %% [markdown]
 # ### Q12 · Full fine-tuning vs LoRA vs QLoRA: where does the memory go?
@@ -350,7 +343,7 @@ for use_dora in (False, True):
     wrapped = peft.get_peft_model(OneLayer(nn.Linear(768, 2304)),
                                   peft.LoraConfig(r=8, target_modules=["proj"], use_dora=use_dora))
     counts["DoRA" if use_dora else "LoRA"] = wrapped.get_nb_trainable_parameters()[0]
-pissa = lc.anatomy.init_gallery(nn.Linear(256, 256), r=8)["rows"][3]
+pissa = anatomy.init_gallery(nn.Linear(256, 256), r=8)["rows"][3]
 extra = counts["DoRA"] - counts["LoRA"]
 print(f"768→2304 layer, r=8: LoRA trains {counts['LoRA']:,}, DoRA {counts['DoRA']:,} "
       f"(+{extra:,} = one magnitude per output row)")
@@ -406,7 +399,7 @@ assert qlora.layers_with_lora == qlora.num_layers and first_four.trainable * 8 =
 answer_1 = lc.count_lora_parameters("Llama-2-7b", lc.LoraConfig(r=16, target_modules=["q_proj"])).rows[0]
 answer_1 = answer_1.lora_per_module
 answer_2 = (lc.LoraConfig(r=64, lora_alpha=16).scaling, lc.LoraConfig(r=64, lora_alpha=16, use_rslora=True).scaling)
-answer_3 = 4 + quant.constant_bits_per_param(64, double_quant=True)
+answer_3 = 4 + codebook.constant_bits_per_param(64, double_quant=True)
 answer_4 = first_gradients(False)[0]
 print(f"1. 16 × (4096 + 4096) = {answer_1:,}")
 print(f"2. α/r = {answer_2[0]:g}; α/√r = {answer_2[1]:g}")

@@ -29,15 +29,8 @@
 
 # %%
 import copy
-import os
-import re
-import sys
 import tempfile
 import warnings
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lessons run offline
-sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "lora_core").is_dir())))
 
 import pandas as pd
 import peft
@@ -49,19 +42,18 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
 import lora_core as lc
-from lora_core import viz
-from lora_core.data import IGNORE_INDEX, collate, encode_pair
-from lora_core.peft_check import to_peft_config
-from lora_core.train import lr_at
+from lora_core import training, viz
+from lora_core.teach.lesson import setup
+from lora_core.teach.peft_reference import to_peft_config
+from lora_core.training.data import IGNORE_INDEX, collate, encode_pair
+from lora_core.training.trainer import lr_at
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside transformers
-FAST = os.environ.get("LORA_FAST") == "1"  # CI: fewer steps, the same pictures and checks
+
+# Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
+# you set it), and read LORA_FAST=1 into FAST (CI: fewer steps, the same pictures and checks).
+FAST = setup("both trainers run on the CPU here, to compare like with like")
 STEPS = 8 if FAST else 40
-LORA_CORE = re.search(r'^version = "(.+)"', (Path(lc.__file__).parents[1] / "pyproject.toml").read_text(),
-                      re.M).group(1)
-print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
-      f"| lora_core {LORA_CORE}")
-print("device:", lc.describe_device(lc.pick_device()), "| both trainers run on the CPU here, to compare like with like")
 
 # %% [markdown]
 # ## 1. One configuration, two libraries
@@ -70,11 +62,11 @@ print("device:", lc.describe_device(lc.pick_device()), "| both trainers run on t
 # 10% warmup, seed 0. `to_peft_config` translates our `LoraConfig` into PEFT's, field by field.
 
 # %%
-MODEL = lc.default_model_name()
+MODEL = lc.models.default_model_name()
 base, tok = lc.load_model(MODEL, device="cpu")
-data = lc.load_dataset("recommendations")
+data = training.load_dataset("recommendations")
 LORA = lc.LoraConfig(r=8, lora_alpha=16, target_modules=None, task_type="CAUSAL_LM")
-TRAIN = lc.TrainConfig(steps=STEPS, lr=2e-3, batch_size=8, seq_len=64, seed=0)
+TRAIN = training.TrainConfig(steps=STEPS, lr=2e-3, batch_size=8, seq_len=64, seed=0)
 peft_config = to_peft_config(LORA)
 print(MODEL, "|", peft_config.peft_type, "r =", peft_config.r, "alpha =", peft_config.lora_alpha,
       "| targets: None → PEFT's default for", base.config.model_type)
@@ -84,7 +76,7 @@ print(f"{STEPS} steps, warmup {TRAIN.warmup_steps}, lr {TRAIN.lr:g}, batch {TRAI
 # ## 2. The data: same tokens, same masks
 #
 # `Trainer` takes any dataset that has `len` and indexing, so a list of dicts will do. We tokenize with
-# `lc.data.encode_pair`, so the label mask is identical to lesson 7's: `-100` on the prompt, and the
+# `training.data.encode_pair`, so the label mask is identical to lesson 7's: `-100` on the prompt, and the
 # completion plus its EOS learned. Each example also carries its index, so we can see the order the
 # Trainer serves them in.
 #
@@ -125,7 +117,7 @@ served: list[list[int]] = []
 mine = collator(train_set[:8])
 reference = collate([(f["input_ids"], f["labels"]) for f in train_set[:8]], tok.pad_token_id)
 assert all(torch.equal(mine[k], reference[k]) for k in reference)
-print("our collator == lc.data.collate on a batch of 8:", {k: tuple(v.shape) for k, v in mine.items()})
+print("our collator == training.data.collate on a batch of 8:", {k: tuple(v.shape) for k, v in mine.items()})
 
 # %% [markdown]
 # ## 3. Run A: `lora_core`'s Trainer
@@ -137,7 +129,7 @@ ours = copy.deepcopy(base)
 torch.manual_seed(TRAIN.seed)
 lc.inject_lora(ours, LORA)
 start_adapter = {k: v.clone() for k, v in lc.adapter_state_dict(ours).items()}  # clone: the file view shares memory
-trainer_a = lc.Trainer(ours, tok, data, TRAIN)
+trainer_a = training.Trainer(ours, tok, data, TRAIN)
 history = trainer_a.run(STEPS)
 loss_ours = [m["loss"] for m in history]
 print("lora_core losses:", [round(x, 3) for x in loss_ours])
@@ -221,7 +213,7 @@ assert lr_hf[0] == 0 and lr_ours[0] > 0
 
 # %%
 def lora_core_order(n_examples: int, batch_size: int, steps: int, seed: int) -> list[int]:
-    """The example indices lc.Trainer serves: whole permutations from one seeded generator, back to back."""
+    """The example indices training.Trainer serves: whole permutations from one seeded generator, back to back."""
     generator, order = torch.Generator().manual_seed(seed), []
     while len(order) < batch_size * steps:
         order += torch.randperm(n_examples, generator=generator).tolist()
@@ -258,7 +250,7 @@ print("transformers' default optim:", trainer_b.args.optim.value, "| ours:", typ
 #
 # * the start: a fresh PEFT model loaded with our initial adapter (it was already equal; this makes it certain);
 # * the order: the examples in `lora_core`'s order, read front to back by a plain `DataLoader`;
-# * the schedule and optimizer: `torch.optim.AdamW` with `lc.train.lr_at` through a `LambdaLR`.
+# * the schedule and optimizer: `torch.optim.AdamW` with `training.trainer.lr_at` through a `LambdaLR`.
 
 
 # %%

@@ -11,13 +11,23 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 BIAS_MODES = ("none", "all", "lora_only")
 ALL_LINEAR = "all-linear"
+# PEFT 0.21's TaskType (peft/utils/peft_types.py). task_type picks PEFT's wrapper class (PeftModelFor...);
+# three of those wrappers also train the model's head in full and save it with the adapter, by adding
+# these names to modules_to_save (peft_model.py, the __init__ of each class).
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+TASK_HEADS: dict[str, tuple[str, ...]] = {
+    "SEQ_CLS": ("classifier", "score"),
+    "TOKEN_CLS": ("classifier", "score"),
+    "QUESTION_ANS": ("qa_outputs",),
+}
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
+def reject(name: str, value: Any, allowed: str) -> NoReturn:
+    """Raise the ValueError every bad input gets: the field, the value, and what is allowed."""
     raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
 
 
@@ -40,48 +50,56 @@ class LoraConfig:
     layers_to_transform: list[int] | int | None = None  # only these layer indices (list targets)
     layers_pattern: list[str] | str | None = None       # the name before the index, e.g. "h" or "layers"
     modules_to_save: list[str] | None = None  # modules trained in full, as a trainable copy
-    fan_in_fan_out: bool = False    # weight stored (in, out) as in GPT-2's Conv1D; set automatically
-    task_type: str | None = None    # kept for PEFT's adapter_config.json; it does not change the math
+    # Whether the base weight is stored (in, out), as GPT-2's Conv1D does. The layer type decides (Conv1D:
+    # True, Linear: False); None says nothing, a value that contradicts a layer gets PEFT's warning.
+    fan_in_fan_out: bool | None = None
+    # PEFT's task: SEQ_CLS, TOKEN_CLS and QUESTION_ANS also train and save the head (TASK_HEADS)
+    task_type: str | None = None
     base_model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            _fail("r", self.r, "the rank must be a positive integer (1, 2, 4, 8, ...)")
+            reject("r", self.r, "the rank must be a positive integer (1, 2, 4, 8, ...)")
         if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
                 or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
-            _fail("lora_alpha", self.lora_alpha, "alpha must be a positive number")
+            reject("lora_alpha", self.lora_alpha, "alpha must be a positive number")
         if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
                 or not 0.0 <= self.lora_dropout < 1.0:
-            _fail("lora_dropout", self.lora_dropout, "dropout must be in [0, 1)")
-        for flag in ("use_rslora", "fan_in_fan_out"):
-            if not isinstance(getattr(self, flag), bool):
-                _fail(flag, getattr(self, flag), "use true or false")
-        for text in ("task_type", "base_model_name_or_path"):
-            if getattr(self, text) is not None and not isinstance(getattr(self, text), str):
-                _fail(text, getattr(self, text), "a string or None")
+            reject("lora_dropout", self.lora_dropout, "dropout must be in [0, 1)")
+        if not isinstance(self.use_rslora, bool):
+            reject("use_rslora", self.use_rslora, "use true or false")
+        if self.fan_in_fan_out is not None and not isinstance(self.fan_in_fan_out, bool):
+            reject("fan_in_fan_out", self.fan_in_fan_out, "use true, false or None (decided by the layer type)")
+        if self.task_type is not None:  # PEFT's PeftConfig.__post_init__ raises for any other value, too
+            if not isinstance(self.task_type, str) or self.task_type not in TASK_TYPES:
+                reject("task_type", self.task_type, f"use None or one of {', '.join(TASK_TYPES)}")
+            self.task_type = TASK_TYPES[TASK_TYPES.index(self.task_type)]  # PEFT's TaskType member -> plain str
+        if self.base_model_name_or_path is not None and not isinstance(self.base_model_name_or_path, str):
+            reject("base_model_name_or_path", self.base_model_name_or_path, "a string or None")
         if self.bias not in BIAS_MODES:
-            _fail("bias", self.bias, f"use one of {', '.join(map(repr, BIAS_MODES))}")
+            reject("bias", self.bias, f"use one of {', '.join(map(repr, BIAS_MODES))}")
         init = self.init_lora_weights
         if not (init is True or init is False or init in ("gaussian", "pissa")):
-            _fail("init_lora_weights", self.init_lora_weights, "use True, False, 'gaussian' or 'pissa'")
+            reject("init_lora_weights", self.init_lora_weights, "use True, False, 'gaussian' or 'pissa'")
         self.target_modules = self._check_targets(self.target_modules)
         if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
             self.layers_to_transform = [self.layers_to_transform]
         if self.layers_to_transform is not None:
             layers = list(self.layers_to_transform)
             if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
-                _fail("layers_to_transform", self.layers_to_transform, "a list of layer indices >= 0")
+                reject("layers_to_transform", self.layers_to_transform, "a list of layer indices >= 0")
             self.layers_to_transform = layers or None
         if isinstance(self.layers_pattern, str):
             self.layers_pattern = [self.layers_pattern]
         if self.layers_pattern is not None and not _names(self.layers_pattern):
-            _fail("layers_pattern", self.layers_pattern, "a module name such as 'h' or 'layers', or a list of them")
+            reject("layers_pattern", self.layers_pattern, "a module name such as 'h' or 'layers', or a list of them")
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]
         if self.modules_to_save is not None:
             if not _names(self.modules_to_save):
-                _fail("modules_to_save", self.modules_to_save, "a list of module names, e.g. ['lm_head']")
-            self.modules_to_save = [m for m in self.modules_to_save if m.strip()] or None
+                reject("modules_to_save", self.modules_to_save, "a list of module names, e.g. ['lm_head']")
+            # PEFT extends the list each time a task wrapper is built, so its files can repeat a name
+            self.modules_to_save = list(dict.fromkeys(m for m in self.modules_to_save if m.strip())) or None
 
     @staticmethod
     def _check_targets(targets: Any) -> list[str] | str | None:
@@ -91,18 +109,27 @@ class LoraConfig:
             if targets.strip().lower() == ALL_LINEAR:
                 return ALL_LINEAR
             if not targets.strip():
-                _fail("target_modules", targets, "an empty pattern matches nothing; give names or a regex")
+                reject("target_modules", targets, "an empty pattern matches nothing; give names or a regex")
             try:
                 re.compile(targets)
             except re.error as e:
-                _fail("target_modules", targets, f"not a valid regular expression ({e})")
+                reject("target_modules", targets, f"not a valid regular expression ({e})")
             return targets
         if not _names(targets):
-            _fail("target_modules", targets, "module names (strings), a regex, 'all-linear' or None")
+            reject("target_modules", targets, "module names (strings), a regex, 'all-linear' or None")
         names = [t.strip() for t in targets]
         if not names or not all(names):
-            _fail("target_modules", list(targets), "give at least one module name, e.g. ['c_attn']")
+            reject("target_modules", list(targets), "give at least one module name, e.g. ['c_attn']")
         return sorted(set(names))  # PEFT stores the list as a set, too
+
+    @property
+    def task_heads(self) -> tuple[str, ...]:
+        """The head names PEFT's wrapper for `task_type` adds to modules_to_save (none for most tasks)."""
+        return TASK_HEADS.get(self.task_type, ())
+
+    def saved_module_names(self) -> list[str] | None:
+        """modules_to_save as PEFT's task wrapper leaves it: the given names, then the task's head names."""
+        return list(dict.fromkeys([*(self.modules_to_save or []), *self.task_heads])) or None
 
     @property
     def scaling(self) -> float:
@@ -113,6 +140,7 @@ class LoraConfig:
     def to_peft_dict(self) -> dict[str, Any]:
         """The fields PEFT writes to adapter_config.json (defaults fill in the rest on load)."""
         d = asdict(self)
+        d["fan_in_fan_out"] = bool(self.fan_in_fan_out)  # PEFT's default, False, where the layers said nothing
         d.update(peft_type="LORA", inference_mode=True, rank_pattern={}, alpha_pattern={},
                  use_dora=False, lora_bias=False, target_parameters=None, exclude_modules=None)
         return d
@@ -121,11 +149,11 @@ class LoraConfig:
     def from_peft_dict(cls, d: dict[str, Any]) -> LoraConfig:
         """Read a PEFT adapter_config.json; refuse LoRA variants this library does not implement."""
         if d.get("peft_type", "LORA") != "LORA":
-            _fail("peft_type", d.get("peft_type"), "only LoRA adapters ('LORA') can be loaded")
+            reject("peft_type", d.get("peft_type"), "only LoRA adapters ('LORA') can be loaded")
         for key, off in (("use_dora", False), ("lora_bias", False), ("rank_pattern", {}),
                          ("alpha_pattern", {}), ("target_parameters", None)):
             if d.get(key) is not None and d.get(key) != off:
-                _fail(key, d.get(key), "this adapter uses a PEFT variant LoRA Lab does not implement")
+                reject(key, d.get(key), "this adapter uses a PEFT variant LoRA Lab does not implement")
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in d.items() if k in names}
         return cls(**known)

@@ -16,7 +16,8 @@ from transformers import PretrainedConfig
 
 from .config import LoraConfig
 from .inject import inject_lora, lora_layers, peft_line, trainable_parameters
-from .models import build_on_meta
+from .layers import LoraLayer
+from .models.sources import build_on_meta
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,19 @@ def _kind(name: str) -> str:
     return re.sub(r"\.\d+\.", ".*.", name)
 
 
+def _weight_params(layer: LoraLayer) -> int:
+    """Parameters in the frozen weight, from its shape alone (a 4-bit base's `.weight` would rebuild W)."""
+    if isinstance(layer.base_layer, nn.Conv2d):
+        return layer.base_layer.weight.numel()  # (out, in, kh, kw)
+    return layer.in_features * layer.out_features
+
+
 def ledger_of(model: nn.Module, name: str = "model") -> Ledger:
     """Tabulate a model that already has LoRA injected (any device, meta included)."""
     groups: dict[tuple, int] = {}
     for layer_name, layer in lora_layers(model):
         key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features, layer.r,
-               layer.base_layer.weight.numel(), layer.lora_A.weight.numel() + layer.lora_B.weight.numel())
+               _weight_params(layer), layer.lora_A.weight.numel() + layer.lora_B.weight.numel())
         groups[key] = groups.get(key, 0) + 1
     rows = [LedgerRow(*k[:4], count, *k[4:]) for k, count in groups.items()]
     trainable, total = trainable_parameters(model)

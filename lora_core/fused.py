@@ -1,8 +1,13 @@
-"""The one-node LoRA forward on CPU: base layer and LoRA branch as a single autograd node.
+"""The measured fast paths of LoraLinear's forward: the same numbers as the plain formula, sooner.
 
-`LoraLinear.forward` calls `FusedLoraLinear.apply` where that is exact and measured to pay (a plain
-nn.Linear / Conv1D base on CPU, from ONE_NODE_MIN_TOKENS tokens, no hooks, no autocast, no tracing);
-docs/performance.md has the measurements. Tests pin it to the plain formula, gradients included.
+    plain:    base_layer(x) + lora_B(lora_A(lora_dropout(x))) * scaling        (layers.py, as written)
+    addmm:    base_layer(x), then B's GEMM, the scale and the add in one addmm
+    one-node: base GEMM and LoRA branch as a single autograd node (FusedLoraLinear), on CPU
+
+`forward(layer, x)` picks the fastest one that is exact for this input, or returns None to let the
+plain formula run. `layer.forward_path = "plain"` is the one switch that turns all of this off.
+docs/performance.md has each path's measurements; tests pin every path to the plain formula,
+gradients included.
 """
 
 from __future__ import annotations
@@ -69,17 +74,75 @@ class FusedLoraLinear(torch.autograd.Function):
         return dx, dxa, dw, dbias, dA, dB, None, None
 
 
+FORWARD_PATHS = ("one-node", "addmm", "plain")
 ONE_NODE_MIN_TOKENS = 64  # measured crossover on CPU: slower at 16 tokens, about break-even at 64, ahead from 256
 FUSABLE_BASES = (nn.Linear, Conv1D)  # exact types: a subclass (or NF4Linear) may compute something else
-fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", lambda: False)  # symbolic_trace only
-
-# torch keeps global module hooks in module-level dicts that it mutates in place; bind them once.
+# torch has no public reader for registered hooks: the module's own dicts, and the global ones that
+# torch.nn.modules.module.register_module_forward_hook & co. fill (module-level, mutated in place).
 GLOBAL_HOOKS = tuple(h for h in (getattr(nn.modules.module, name, None) for name in (
     "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
     if h is not None)
+
+
+def tracing(x: torch.Tensor) -> bool:
+    """Under torch.compile or FX symbolic tracing, where the compiler fuses the plain ops itself."""
+    return torch.compiler.is_compiling() or isinstance(x, torch.fx.Proxy)
 
 
 def has_hooks(module: nn.Module) -> bool:
     """Whether a forward/backward hook would see `module` being called (its own or a global one)."""
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks) or any(GLOBAL_HOOKS)
+
+
+def one_node_applies(layer, x: torch.Tensor) -> bool:
+    """Whether the one-node path computes exactly what the plain formula would, and pays.
+
+    Exact: only for a plain nn.Linear / Conv1D base (not a subclass, not NF4) that no hook watches,
+    outside torch.compile / FX tracing and autocast. Pays: measured on CPU only, and only from
+    ONE_NODE_MIN_TOKENS tokens up; below that its Python backward costs more than it saves.
+    """
+    base = layer.base_layer
+    if (type(base) not in FUSABLE_BASES or x.device.type != "cpu" or x.dtype != base.weight.dtype
+            or x.numel() < ONE_NODE_MIN_TOKENS * x.shape[-1]):
+        return False
+    if any(has_hooks(m) for m in (base, layer.lora_A, layer.lora_B, layer.lora_dropout)):
+        return False
+    return not (torch.is_autocast_enabled(x.device.type) or tracing(x))
+
+
+def forward(layer, x: torch.Tensor) -> torch.Tensor | None:
+    """LoraLinear's output by its fastest exact path, or None where the plain formula must run.
+
+    None when the layer is disabled or merged (the base alone), under torch.compile or FX tracing (the
+    compiler fuses the plain ops itself, measured ~1% faster there), or when a hook on lora_B must see
+    it called.
+    """
+    if layer.disabled or layer.merged or layer.forward_path == "plain" or tracing(x) or has_hooks(layer.lora_B):
+        return None
+    dropout = not isinstance(layer.lora_dropout, nn.Identity)
+    if layer.forward_path == "one-node" and one_node_applies(layer, x):
+        base = layer.base_layer
+        # Dropout hits only the LoRA input; without it (p = 0, or eval mode) the branch reads x itself.
+        xa = layer.lora_dropout(x.to(layer.lora_A.weight.dtype)) if layer.training and dropout else None
+        return FusedLoraLinear.apply(x, xa, base.weight, base.bias, layer.lora_A.weight, layer.lora_B.weight,
+                                     layer.scaling, layer.fan_in_fan_out)
+    return addmm_forward(layer, x)
+
+
+def addmm_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """base(x) + scaling · B(A(dropout(x))) with B's GEMM, the scale and the add fused into one addmm.
+
+    The plain formula makes two (..., out) temporaries, B's output and its scaled copy, then a third for
+    the sum, and its backward multiplies the (..., out) gradient by the scale once more. One
+    addmm(result, h, Bᵀ, alpha=scaling) writes the sum directly; its backward hands `result` the gradient
+    as is and puts the scale on r-wide tensors. Same values (to rounding), same gradients, the same
+    tensors saved (x, shared with the base layer, and the r-wide h).
+    """
+    result = layer.base_layer(x)
+    h = layer.lora_A(layer.lora_dropout(x.to(layer.lora_A.weight.dtype)))  # (..., r); lora_A's hooks still run
+    acc, h = result.reshape(-1, layer.out_features), h.reshape(-1, layer.r)  # (N, out), (N, r)
+    if acc.dtype != h.dtype:  # a bf16 base with fp32 factors: add in the wider dtype, as `result + branch`
+        acc = acc.to(torch.promote_types(acc.dtype, h.dtype))
+    out = torch.addmm(acc, h, layer.lora_B.weight.T, alpha=layer.scaling)  # (N, out) + s · (N, r) @ (r, out)
+    return out.view(result.shape).to(result.dtype)

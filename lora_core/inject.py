@@ -10,19 +10,25 @@ Matching follows peft/tuners/tuners_utils.py `check_target_module_exists`:
   * a string is a regular expression that must match the full module name;
   * "all-linear" means every Linear/Conv1D except the output layer (lm_head);
   * None means PEFT's default for the architecture (GPT-2: c_attn; Llama: q_proj, v_proj).
+
+task_type follows peft_model.py: SEQ_CLS adds the head ("classifier", "score") to modules_to_save
+before matching, so a target inside the head is skipped; TOKEN_CLS ("classifier", "score") and
+QUESTION_ANS ("qa_outputs") add theirs after injection, so a LoRA target that is the head cannot be saved
+in full: PEFT raises a TypeError there, we a ValueError before anything changes. The other task types
+change nothing about the adapter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
 import re
-from collections.abc import Iterator
 
+import torch
 import torch.nn as nn
 
 from .config import ALL_LINEAR, LoraConfig
-from .layers import LINEAR_TYPES, SUPPORTED_TYPES, LoraLayer, check_lora_target, make_lora_layer
+from .layers import DISPATCH, LINEAR_TYPES, LoraLayer, check_lora_target, is_supported, make_lora_layer
 
 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we ship.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -55,11 +61,10 @@ class ModulesToSaveWrapper(nn.Module):
 # --- finding targets --------------------------------------------------------------------------
 def candidate_modules(model: nn.Module) -> list[str]:
     """Short names of every layer LoRA can wrap, e.g. ['c_attn', 'c_fc', 'c_proj', 'lm_head', 'wpe', 'wte']."""
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                   if n and isinstance(m, SUPPORTED_TYPES)})
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and is_supported(m)})
 
 
-def _output_layer_name(model: nn.Module) -> str | None:
+def output_layer_name(model: nn.Module) -> str | None:
     get = getattr(model, "get_output_embeddings", None)
     out = get() if callable(get) else None
     return next((n for n, m in model.named_modules() if m is out), None) if out is not None else None
@@ -87,9 +92,9 @@ def _is_target(name: str, targets: list[str] | str, cfg: LoraConfig) -> bool:
 
 def _resolved_targets(model: nn.Module, cfg: LoraConfig) -> list[str] | str:
     if cfg.target_modules == ALL_LINEAR:
-        out = _output_layer_name(model)
+        out = output_layer_name(model)
         return sorted(n for n, m in model.named_modules()
-                      if isinstance(m, LINEAR_TYPES) and n != out)
+                      if isinstance(m, (*LINEAR_TYPES, *DISPATCH)) and n != out)  # a quantized Linear, too
     if cfg.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULT_TARGETS:
@@ -99,10 +104,15 @@ def _resolved_targets(model: nn.Module, cfg: LoraConfig) -> list[str] | str:
     return cfg.target_modules
 
 
+def _saved_before_matching(cfg: LoraConfig) -> list[str]:
+    """The modules_to_save that PEFT knows while it matches targets: SEQ_CLS adds its head first."""
+    return cfg.saved_module_names() if cfg.task_type == "SEQ_CLS" else (cfg.modules_to_save or [])
+
+
 def matched_modules(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Full names of the modules `cfg` targets in `model`, in model order (may be empty)."""
     targets = _resolved_targets(model, cfg)
-    saved = cfg.modules_to_save or []
+    saved = _saved_before_matching(cfg)
     names = []
     for name, _ in model.named_modules():
         if not name or any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
@@ -118,10 +128,13 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 # --- inject / remove ----------------------------------------------------------------------------
-def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
+def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | None = None) -> list[str]:
     """Wrap every targeted layer of `model` in place; freeze the rest. Returns the wrapped names.
 
     Everything is checked before anything changes, so a ValueError leaves `model` as it was.
+    `generator` seeds the LoRA factors without touching torch's global RNG (None: the global RNG, as PEFT).
+    `model.lora_config` is `cfg` as PEFT leaves it after injection: fan_in_fan_out settled by the
+    layers, modules_to_save with the task's head.
     """
     if any(isinstance(m, (LoraLayer, ModulesToSaveWrapper)) for m in model.modules()):
         raise ValueError("model already has LoRA layers: inject once, or call remove_lora(model) first")
@@ -132,18 +145,31 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     modules = dict(model.named_modules())
     for name in names:  # validate first: layer type, rank, init, with the layer named
         check_lora_target(modules[name], cfg, name)
-    saved = [n for n in modules if n and cfg.modules_to_save
-             and any(n.endswith(t) for t in cfg.modules_to_save)]
-    if cfg.modules_to_save and not saved:
+    to_save = cfg.saved_module_names() or []
+    saved = [n for n in modules if n and any(n.endswith(t) for t in to_save)]  # PEFT's _set_trainable match
+    asked = [t for t in to_save if t not in cfg.task_heads]  # a task's head may be absent; a name asked for not
+    if asked and not any(n.endswith(t) for n in saved for t in asked):
         raise ValueError(f"modules_to_save={cfg.modules_to_save!r} matches no module of this model")
+    if clash := next((n for n in names for s in saved if n == s or n.startswith(s + ".")), None):
+        raise ValueError(f"target module {clash!r} is also saved in full (modules_to_save="
+                         f"{cfg.saved_module_names()!r}, task_type={cfg.task_type!r}): a module can get LoRA or "
+                         "be trained as a copy, not both; leave it out of target_modules")
     # Every check has passed: from here on nothing raises, so the model is never half-injected.
-    layers = {name: make_lora_layer(modules[name], cfg, name) for name in names}
+    # PEFT writes each Linear/Conv1D's layout back into its config as it goes (and warns when that
+    # flips the flag), so the flag one layer sees is the one the layer before it left, and the file
+    # gets the last one. cfg.fan_in_fan_out=None (ours) leaves every layer to its type, silently.
+    layers, flag, settled = {}, cfg.fan_in_fan_out, bool(cfg.fan_in_fan_out)
+    for name in names:  # in model order, as PEFT's injection loop
+        layers[name] = layer = make_lora_layer(modules[name], cfg, name, generator=generator, fan_in_fan_out=flag)
+        if isinstance(modules[name], LINEAR_TYPES) and not isinstance(modules[name], tuple(DISPATCH)):
+            settled = layer.fan_in_fan_out
+            flag = settled if flag is not None else None
     for name, layer in layers.items():
         _set_submodule(model, name, layer)
     for name in saved:
         _set_submodule(model, name, ModulesToSaveWrapper(model.get_submodule(name)))
     _mark_trainable(model, cfg.bias)
-    model.lora_config = cfg
+    model.lora_config = dataclasses.replace(cfg, fan_in_fan_out=settled, modules_to_save=cfg.saved_module_names())
     return names
 
 
@@ -194,55 +220,24 @@ def peft_line(trainable: int, total: int) -> str:
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
 
 
-def merge_lora(model: nn.Module) -> None:
-    """Fold ΔW into every LoRA layer's weight (out of place; see layers.py)."""
-    for _, layer in lora_layers(model):
-        layer.merge()
+def unload(model: nn.Module, keep_trained_copies: bool) -> nn.Module:
+    """Put each LoRA layer's `base_layer` back in its place (merged or not, as it stands now).
 
-
-def unmerge_lora(model: nn.Module) -> None:
-    """Undo `merge_lora`, restoring the original weights bit for bit."""
-    for _, layer in lora_layers(model):
-        layer.unmerge()
-
-
-def _unwrap(model: nn.Module, merge: bool) -> nn.Module:
+    A ModulesToSaveWrapper gives back its trained copy (`keep_trained_copies`, after a merge) or the
+    original module. The adapter's config goes too.
+    """
     for name, layer in lora_layers(model):
-        if merge and not layer.merged:
-            layer.merge()
-        if not merge and layer.merged:
-            layer.unmerge()
         _set_submodule(model, name, layer.base_layer)
     for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
-        _set_submodule(model, name, m.original_module if not merge else m.modules_to_save)
+        _set_submodule(model, name, m.modules_to_save if keep_trained_copies else m.original_module)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model
 
 
-def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge every adapter and return the plain model: no LoRA modules, zero inference overhead."""
-    return _unwrap(model, merge=True)
-
-
 def remove_lora(model: nn.Module) -> nn.Module:
-    """Drop every adapter without merging and return the original model."""
-    return _unwrap(model, merge=False)
-
-
-@contextlib.contextmanager
-def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block the model behaves as its base (merged layers are unmerged for the while)."""
-    layers = [m for m in model.modules() if isinstance(m, (LoraLayer, ModulesToSaveWrapper))]
-    remerge = [m for m in layers if isinstance(m, LoraLayer) and m.merged]
-    for m in remerge:
-        m.unmerge()
-    for m in layers:
-        m.disabled = True
-    try:
-        yield model
-    finally:
-        for m in layers:
-            m.disabled = False
-        for m in remerge:
-            m.merge()
+    """Drop every adapter without merging and return the original model (merged layers are unmerged first)."""
+    for _, layer in lora_layers(model):
+        if layer.merged:
+            layer.unmerge()
+    return unload(model, keep_trained_copies=False)

@@ -8,18 +8,24 @@ Kaiming-uniform and B at zero, so ΔW = 0 and the adapted model starts exactly w
 
 Supported base layers (those PEFT and loralib support): nn.Linear, GPT-2's Conv1D (weight stored
 (in, out), so `fan_in_fan_out=True`), nn.Embedding and nn.Conv2d. Names follow
-peft/tuners/lora/layer.py so that state-dict keys line up with PEFT's adapter files.
+peft/tuners/lora/layer.py so that state-dict keys line up with PEFT's adapter files. As in PEFT's
+dispatch_default, the layer type decides `fan_in_fan_out`; a config that says otherwise gets PEFT's warning.
+
+Randomness: without a `generator`, A (and B with init_lora_weights=False) draw from torch's global RNG
+exactly as PEFT's do. With one, the factors are built on the meta device (nn.Linear's constructor would
+draw from the global RNG) and filled from that generator alone: a shared server never moves the
+process-wide stream, and the same seed gives the same factors on any device.
 
 Merging is explicit and out of place: `merge()` swaps in a new weight W + ΔW (computed in fp32)
 and keeps the original tensor, so a frozen base shared by several models is never written and
 `unmerge()` restores W bit for bit. `.eval()` never merges (loralib's trap).
 
-Speed, same numbers: on CPU, from 64 tokens up, LoraLinear computes the forward above as one
-autograd node over the base GEMM (`FusedLoraLinear` in fused.py: the scale folded into an in-place addmm, no
-(..., out)-wide temporaries, dx summed in place). Everywhere else it runs base_layer(x) plus one fused
-addmm (`add_lora`), and the plain formula under torch.compile or when a hook on lora_B must see it
-called. Tests pin every path to the plain formula, gradients included; docs/performance.md has the
-measurements.
+Speed, same numbers: on CPU `LoraLinear` may compute that formula by a measured fast path
+(fused.py: one autograd node, or one fused addmm). `forward_path = "plain"` switches it off; tests pin
+every path to the plain formula, gradients included, and docs/performance.md has the measurements.
+
+Quantized bases (quant/nf4.py) are not imported here: like PEFT's dispatchers, their module registers
+its base type and the LoRA layer that wraps it (`register_dispatch`).
 """
 
 from __future__ import annotations
@@ -32,17 +38,62 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
+from . import fused
 from .config import LoraConfig
-from .fused import FUSABLE_BASES, ONE_NODE_MIN_TOKENS, FusedLoraLinear, fx_tracing, has_hooks
-from .qlora import NF4Linear
 
-LINEAR_TYPES = (nn.Linear, Conv1D, NF4Linear)  # NF4Linear: a 4-bit frozen base (QLoRA)
+LINEAR_TYPES = (nn.Linear, Conv1D)
 SUPPORTED_TYPES = (*LINEAR_TYPES, nn.Embedding, nn.Conv2d)
 
+# Other Linear-like base types (a quantized Linear: quant/nf4.py) -> the LoRA layer class that wraps them.
+DISPATCH: dict[type[nn.Module], type[LoraLayer]] = {}
 
-def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+
+def register_dispatch(base_type: type[nn.Module], lora_type: type[LoraLayer]) -> None:
+    """Teach `make_lora_layer` a new base type (PEFT's dispatch_* functions); it needs in/out_features.
+
+    `lora_type(base_layer, cfg, generator=..., fan_in_fan_out=...)` builds the LoRA layer (LoraLinear's signature).
+    """
+    DISPATCH[base_type] = lora_type
+
+
+def weight_device_dtype(layer: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a base layer's weight lives and its dtype, without building it (a quantized base says itself)."""
+    if hasattr(layer, "weight_device_dtype"):
+        return layer.weight_device_dtype()
+    return layer.weight.device, layer.weight.dtype
+
+
+def fan_in_fan_out_for(base_layer: nn.Module, requested: bool | None) -> bool:
+    """The weight layout of `base_layer`, as PEFT's dispatch_default settles it: (in, out) for Conv1D only.
+
+    A flag that contradicts the layer type gets PEFT's warning and is overridden; None says nothing.
+    A registered (quantized) Linear stores (out, in), and PEFT's bnb layers set False without a word.
+    """
+    if isinstance(base_layer, tuple(DISPATCH)):
+        return False
+    if isinstance(base_layer, Conv1D):
+        if requested is False:
+            warnings.warn("fan_in_fan_out is set to False but the target module is `Conv1D`. "
+                          "Setting fan_in_fan_out to True.", stacklevel=3)
+        return True
+    if requested:
+        warnings.warn("fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
+                      "Setting fan_in_fan_out to False.", stacklevel=3)
+    return False
+
+
+def factor(kind: type[nn.Module], *args, device: torch.device, dtype: torch.dtype,
+           generator: torch.Generator | None, **kwargs) -> nn.Module:
+    """A bias-free lora_A / lora_B module. Its constructor's Kaiming init draws from the global RNG, so
+    with a local generator it is built on the meta device and only given memory: init_factors fills it."""
+    if generator is None:
+        return kind(*args, bias=False, device=device, dtype=dtype, **kwargs)
+    return kind(*args, bias=False, device="meta", dtype=dtype, **kwargs).to_empty(device=device)
+
+
+def adapter_dtype(dtype: torch.dtype) -> torch.dtype:
     """LoRA factors train in fp32 when the base is fp16/bf16 (PEFT's autocast_adapter_dtype)."""
-    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class LoraLayer(nn.Module):
@@ -60,7 +111,6 @@ class LoraLayer(nn.Module):
         self.lora_dropout = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False
-        self._unmerged_weight: nn.Parameter | None = None
 
     # --- the pieces every layer type defines ----------------------------------------------
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,13 +132,10 @@ class LoraLayer(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """base_layer(x) + lora_B(lora_A(lora_dropout(x))) * scaling, in the base's dtype."""
         result = self.base_layer(x, *args, **kwargs)
         if self.disabled or self.merged:
             return result
-        return self.add_lora(result, x)
-
-    def add_lora(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """result + lora_branch(x), in result's dtype: the plain formula (LoraLinear fuses it)."""
         return (result + self.lora_branch(x)).to(result.dtype)
 
     # --- merge / unmerge --------------------------------------------------------------------
@@ -97,13 +144,12 @@ class LoraLayer(nn.Module):
         if self.merged:
             warnings.warn("LoRA layer is already merged; merge() did nothing.", stacklevel=2)
             return
-        if isinstance(self.base_layer, NF4Linear):
-            raise ValueError("merge is not allowed on a 4-bit (NF4) base: W + ΔW would have to be quantized "
-                             "again, losing most of ΔW. Merge into a full-precision copy of the model instead.")
         w = self.base_layer.weight
         # Add in fp32 and round once, so bf16/fp16 bases lose no more than one rounding.
         merged = (w.detach().float() + self._delta_in_weight_layout()).to(w.dtype)
-        self._unmerged_weight = w
+        # Keep W itself for unmerge as a non-persistent buffer: it moves with .to() but is neither a
+        # parameter (PEFT's counts) nor in state_dict() (PEFT's keys), and W's storage is never written.
+        self.register_buffer("unmerged_weight", w, persistent=False)
         self.base_layer.weight = nn.Parameter(merged, requires_grad=False)
         self.merged = True
 
@@ -112,43 +158,55 @@ class LoraLayer(nn.Module):
         if not self.merged:
             warnings.warn("LoRA layer is not merged; unmerge() did nothing.", stacklevel=2)
             return
-        self.base_layer.weight = self._unmerged_weight
-        self._unmerged_weight = None
+        w = self.unmerged_weight
+        del self.unmerged_weight
+        # The same Parameter object comes back, unless .to() replaced the buffer with a moved tensor.
+        self.base_layer.weight = w if isinstance(w, nn.Parameter) else nn.Parameter(w, requires_grad=False)
         self.merged = False
+
+    def original_weight(self) -> torch.Tensor:
+        """The base weight W without ΔW, merged or not (in base_layer.weight's own layout)."""
+        return self.unmerged_weight if self.merged else self.base_layer.weight
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, "
                 f"scaling={self.scaling:g}, merged={self.merged}")
 
 
-FORWARD_PATHS = ("one-node", "addmm", "plain")
-
-
 class LoraLinear(LoraLayer):
     """LoRA around nn.Linear (weight (out, in)) or GPT-2's Conv1D (weight (in, out)).
 
-    `forward_path` picks how the same numbers are computed: "one-node" (the default: one autograd node
-    where that is exact and measured to pay, else "addmm"), "addmm" (base_layer(x), then one fused
-    addmm for the branch) or "plain" (the formula as written). It exists to measure and to teach;
-    all three agree to rounding.
+    `forward_path` picks how the same numbers are computed (fused.FORWARD_PATHS): "one-node" (the
+    default: the fastest exact path fused.py knows for this input), "addmm" or "plain" (the formula as
+    written, nothing else). It exists to measure and to teach; all three agree to rounding.
     """
 
-    def __init__(self, base_layer: nn.Module, cfg: LoraConfig):
-        self._forward_path = "one-node"
-        w = base_layer.weight
+    def __init__(self, base_layer: nn.Module, cfg: LoraConfig, generator: torch.Generator | None = None,
+                 fan_in_fan_out: bool | None = None):
+        device, dtype = weight_device_dtype(base_layer)  # free on a quantized base: W is not rebuilt
         in_f, out_f = in_out_features(base_layer)
         super().__init__(base_layer, in_f, out_f, cfg)
-        # Conv1D computes x @ W + b with W stored (in, out): the transpose of nn.Linear.
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        kw = dict(bias=False, device=w.device, dtype=adapter_dtype(w))
-        self.lora_A = nn.Linear(in_f, cfg.r, **kw)   # weight (r, in)
-        self.lora_B = nn.Linear(cfg.r, out_f, **kw)  # weight (out, r)
-        init_factors(self, cfg.init_lora_weights)
+        self._forward_path = "one-node"
+        # Conv1D computes x @ W + b with W stored (in, out): the transpose of nn.Linear. `fan_in_fan_out`
+        # is the flag as it stands in PEFT's injection loop (cfg's, unless inject_lora passes it on).
+        requested = cfg.fan_in_fan_out if fan_in_fan_out is None else fan_in_fan_out
+        self.fan_in_fan_out = fan_in_fan_out_for(base_layer, requested)
+        kw = dict(device=device, dtype=adapter_dtype(dtype), generator=generator)
+        self.lora_A = factor(nn.Linear, in_f, cfg.r, **kw)   # weight (r, in)
+        self.lora_B = factor(nn.Linear, cfg.r, out_f, **kw)  # weight (out, r)
+        init_factors(self, cfg.init_lora_weights, generator)
 
     def lora_branch(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lora_dropout(x.to(self.lora_A.weight.dtype))  # dropout hits x, never A or B
         # (..., in) @ A.T -> (..., r) @ B.T -> (..., out)
         return self.lora_B(self.lora_A(x)) * self.scaling
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self._forward_path != "plain" and not (args or kwargs):
+            fast = fused.forward(self, x)  # None where a fast path would not be exact or would not pay
+            if fast is not None:
+                return fast
+        return super().forward(x, *args, **kwargs)
 
     @property
     def forward_path(self) -> str:
@@ -156,58 +214,9 @@ class LoraLinear(LoraLayer):
 
     @forward_path.setter
     def forward_path(self, path: str) -> None:
-        if path not in FORWARD_PATHS:
-            raise ValueError(f"forward_path={path!r} is not allowed: choose one of {', '.join(FORWARD_PATHS)}")
+        if path not in fused.FORWARD_PATHS:
+            raise ValueError(f"forward_path={path!r} is not allowed: choose one of {', '.join(fused.FORWARD_PATHS)}")
         self._forward_path = path
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs or self._forward_path != "one-node" or not self._fusable(x):
-            return super().forward(x, *args, **kwargs)
-        base = self.base_layer
-        # Dropout hits only the LoRA input; without it (p = 0, or eval mode) the branch reads x itself.
-        xa = self.lora_dropout(x.to(self.lora_A.weight.dtype)) if self.training and self._has_dropout else None
-        return FusedLoraLinear.apply(x, xa, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight,
-                                      self.scaling, self.fan_in_fan_out)
-
-    @property
-    def _has_dropout(self) -> bool:
-        return not isinstance(self.lora_dropout, nn.Identity)
-
-    def _fusable(self, x: torch.Tensor) -> bool:
-        """Whether the one-node path computes exactly what base_layer(x) + add_lora would, and pays.
-
-        Exact: only for a plain nn.Linear / Conv1D base (not a subclass, not NF4) that no hook watches,
-        outside torch.compile / FX tracing (the compiler fuses the plain ops itself) and autocast.
-        Pays: measured on CPU only, and only from ONE_NODE_MIN_TOKENS tokens up; below that its Python
-        backward costs more than it saves (docs/performance.md). Elsewhere `add_lora` runs.
-        """
-        base = self.base_layer
-        if (type(base) not in FUSABLE_BASES or self.disabled or self.merged or x.device.type != "cpu"
-                or x.dtype != base.weight.dtype or x.numel() < ONE_NODE_MIN_TOKENS * x.shape[-1]):
-            return False
-        if any(has_hooks(m) for m in (base, self.lora_A, self.lora_B, self.lora_dropout)):
-            return False
-        return not (torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling() or fx_tracing())
-
-    def add_lora(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """result + scaling · B(A(dropout(x))) with B's GEMM, the scale and the add fused into one addmm.
-
-        The plain formula makes two (..., out) temporaries, B's output and its scaled copy, then a third
-        for the sum, and its backward multiplies the (..., out) gradient by the scale once more. One
-        addmm(result, h, Bᵀ, alpha=scaling) writes the sum directly; its backward hands `result` the
-        gradient as is and puts the scale on r-wide tensors. Same values (to rounding), same gradients,
-        the same tensors saved (x, shared with the base layer, and the r-wide h). docs/performance.md
-        has the measurements. A hook on lora_B needs lora_B to be called, so it gets the plain formula;
-        so does torch.compile, whose compiler fuses the plain ops itself (measured ~1% faster there).
-        """
-        if self._forward_path == "plain" or has_hooks(self.lora_B) or torch.compiler.is_compiling():
-            return super().add_lora(result, x)  # under torch.compile the plain ops fuse as well, and measured faster
-        h = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (..., r); lora_A's hooks still run
-        acc, h = result.reshape(-1, self.out_features), h.reshape(-1, self.r)  # (N, out), (N, r)
-        if acc.dtype != h.dtype:  # a bf16 base with fp32 factors: add in the wider dtype, as `result + branch`
-            acc = acc.to(torch.promote_types(acc.dtype, h.dtype))
-        out = torch.addmm(acc, h, self.lora_B.weight.T, alpha=self.scaling)  # (N, out) + s · (N, r) @ (r, out)
-        return out.view(result.shape).to(result.dtype)
 
 
 class LoraEmbedding(LoraLayer):
@@ -219,14 +228,14 @@ class LoraEmbedding(LoraLayer):
 
     fan_in_fan_out = True
 
-    def __init__(self, base_layer: nn.Embedding, cfg: LoraConfig):
+    def __init__(self, base_layer: nn.Embedding, cfg: LoraConfig, generator: torch.Generator | None = None):
         w = base_layer.weight
         num, dim = w.shape
         super().__init__(base_layer, num, dim, cfg)
-        kw = dict(bias=False, device=w.device, dtype=adapter_dtype(w))
-        self.lora_A = nn.Linear(num, cfg.r, **kw)  # weight (r, num_embeddings)
-        self.lora_B = nn.Linear(cfg.r, dim, **kw)  # weight (dim, r)
-        init_factors(self, cfg.init_lora_weights)
+        kw = dict(device=w.device, dtype=adapter_dtype(w.dtype), generator=generator)
+        self.lora_A = factor(nn.Linear, num, cfg.r, **kw)  # weight (r, num_embeddings)
+        self.lora_B = factor(nn.Linear, cfg.r, dim, **kw)  # weight (dim, r)
+        init_factors(self, cfg.init_lora_weights, generator)
 
     def lora_branch(self, x: torch.Tensor) -> torch.Tensor:
         e = self.base_layer
@@ -239,15 +248,15 @@ class LoraEmbedding(LoraLayer):
 class LoraConv2d(LoraLayer):
     """LoRA around nn.Conv2d: A is a conv with the base's kernel and r channels, B a 1x1 conv."""
 
-    def __init__(self, base_layer: nn.Conv2d, cfg: LoraConfig):
+    def __init__(self, base_layer: nn.Conv2d, cfg: LoraConfig, generator: torch.Generator | None = None):
         w = base_layer.weight  # (out, in, kh, kw)
         super().__init__(base_layer, base_layer.in_channels, base_layer.out_channels, cfg)
-        kw = dict(bias=False, device=w.device, dtype=adapter_dtype(w))
+        kw = dict(device=w.device, dtype=adapter_dtype(w.dtype), generator=generator)
         b = base_layer
-        self.lora_A = nn.Conv2d(b.in_channels, cfg.r, b.kernel_size, b.stride, b.padding,
-                                b.dilation, padding_mode=b.padding_mode, **kw)
-        self.lora_B = nn.Conv2d(cfg.r, b.out_channels, 1, 1, **kw)
-        init_factors(self, cfg.init_lora_weights)
+        self.lora_A = factor(nn.Conv2d, b.in_channels, cfg.r, b.kernel_size, b.stride, b.padding,
+                             b.dilation, padding_mode=b.padding_mode, **kw)
+        self.lora_B = factor(nn.Conv2d, cfg.r, b.out_channels, 1, 1, **kw)
+        init_factors(self, cfg.init_lora_weights, generator)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW in the conv weight's own shape (out, in, kh, kw)."""
@@ -259,27 +268,44 @@ class LoraConv2d(LoraLayer):
         return self.lora_B(self.lora_A(x)) * self.scaling
 
 
-def init_factors(layer: LoraLayer, init: bool | str) -> None:
-    """PEFT's reset_lora_parameters, plus PiSSA."""
+def _draw(t: torch.Tensor, generator: torch.Generator | None, fill) -> None:
+    """fill(tensor, generator=...) into `t`, drawn on the generator's own device when one is given."""
+    if generator is None or t.is_meta:
+        fill(t, generator=None)
+        return
+    drawn = torch.empty(t.shape, dtype=t.dtype, device=generator.device)
+    fill(drawn, generator=generator)
+    t.copy_(drawn)
+
+
+def _kaiming(t: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator)  # nn.Linear's own default init
+
+
+def init_factors(layer: LoraLayer, init: bool | str, generator: torch.Generator | None = None) -> None:
+    """PEFT's reset_lora_parameters, plus PiSSA; random draws come from `generator` when given."""
     A, B = layer.lora_A.weight, layer.lora_B.weight
     with torch.no_grad():
         if init is False:  # both random: a non-zero ΔW from step 0 (tests, demos)
             if isinstance(layer, LoraEmbedding):
-                A.normal_()
-                B.normal_()
-            return  # nn.Linear / nn.Conv2d already gave A and B their Kaiming-uniform init
+                _draw(A, generator, lambda t, generator: t.normal_(generator=generator))
+                _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
+            elif generator is not None:  # built on meta: give A and B what nn.Linear / nn.Conv2d would
+                _draw(A, generator, _kaiming)
+                _draw(B, generator, _kaiming)
+            return  # without a generator, nn.Linear / nn.Conv2d already gave A and B their Kaiming init
         if isinstance(layer, LoraEmbedding):
             # PEFT follows loralib here: A zero, B normal (ΔW = 0 all the same)
             A.zero_()
-            B.normal_()
+            _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
             return
         if init == "pissa":
             pissa_init(layer)
             return
         if init == "gaussian":
-            A.normal_(std=1 / layer.r)
+            _draw(A, generator, lambda t, generator: t.normal_(std=1 / layer.r, generator=generator))
         else:
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            _draw(A, generator, _kaiming)
         B.zero_()
 
 
@@ -309,7 +335,7 @@ def in_out_features(layer: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a supported base layer."""
     if isinstance(layer, Conv1D):
         return tuple(layer.weight.shape)  # stored (in, out)
-    if isinstance(layer, (nn.Linear, NF4Linear)):
+    if isinstance(layer, (nn.Linear, *DISPATCH)):  # a registered (quantized) Linear too
         return layer.in_features, layer.out_features
     if isinstance(layer, nn.Embedding):
         return layer.num_embeddings, layer.embedding_dim
@@ -319,11 +345,16 @@ def in_out_features(layer: nn.Module) -> tuple[int, int]:
                      "allowed layer types are Linear, Conv1D, Embedding and Conv2d")
 
 
+def is_supported(layer: nn.Module) -> bool:
+    """Whether LoRA can wrap `layer`: a built-in type, or one a registered dispatcher knows."""
+    return isinstance(layer, (*SUPPORTED_TYPES, *DISPATCH))
+
+
 def check_lora_target(base_layer: nn.Module, cfg: LoraConfig, name: str = "") -> None:
     """Raise a ValueError naming the layer if `cfg` cannot be applied to `base_layer`."""
     if isinstance(base_layer, LoraLayer):
         raise ValueError(f"target module {name!r} already has LoRA: remove it first (inject once)")
-    if not isinstance(base_layer, SUPPORTED_TYPES):
+    if not is_supported(base_layer):
         raise ValueError(f"target module {name!r} is a {type(base_layer).__name__}, which LoRA cannot wrap: "
                          "allowed layer types are Linear, Conv1D, Embedding and Conv2d")
     in_f, out_f = in_out_features(base_layer)
@@ -338,11 +369,19 @@ def check_lora_target(base_layer: nn.Module, cfg: LoraConfig, name: str = "") ->
                          f"({type(base_layer).__name__}): PiSSA is defined for Linear and Conv1D layers")
 
 
-def make_lora_layer(base_layer: nn.Module, cfg: LoraConfig, name: str = "") -> LoraLayer:
-    """Wrap `base_layer` in the LoRA layer of its type; a clear ValueError for anything else."""
+def make_lora_layer(base_layer: nn.Module, cfg: LoraConfig, name: str = "", *,
+                    generator: torch.Generator | None = None, fan_in_fan_out: bool | None = None) -> LoraLayer:
+    """Wrap `base_layer` in the LoRA layer of its type; a clear ValueError for anything else.
+
+    `generator` seeds the factors locally (see the module docstring); `fan_in_fan_out` overrides
+    cfg.fan_in_fan_out for a Linear or Conv1D (inject_lora carries PEFT's running value).
+    """
     check_lora_target(base_layer, cfg, name)
+    for base_type, lora_type in DISPATCH.items():
+        if isinstance(base_layer, base_type):
+            return lora_type(base_layer, cfg, generator=generator, fan_in_fan_out=fan_in_fan_out)
     if isinstance(base_layer, LINEAR_TYPES):
-        return LoraLinear(base_layer, cfg)
+        return LoraLinear(base_layer, cfg, generator=generator, fan_in_fan_out=fan_in_fan_out)
     if isinstance(base_layer, nn.Embedding):
-        return LoraEmbedding(base_layer, cfg)
-    return LoraConv2d(base_layer, cfg)
+        return LoraEmbedding(base_layer, cfg, generator=generator)
+    return LoraConv2d(base_layer, cfg, generator=generator)

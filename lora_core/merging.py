@@ -1,59 +1,55 @@
-"""Merged against unmerged: the same logits, and what merging does to generation speed.
+"""Merging: fold ΔW = B @ A * scaling into the base weight, take it out again, or switch LoRA off.
 
-After `merge_lora`, each adapted layer is one matmul again (W + ΔW) instead of a matmul plus the
-LoRA branch, so inference costs exactly what the base model costs (LoRA, arXiv 2106.09685, §4.1).
-This module measures that claim on a real model instead of asserting it.
+After a merge each adapted layer is one matmul again, W + ΔW, so inference costs what the base costs
+(LoRA, arXiv 2106.09685, §4.1). Merges here are explicit and out of place (see LoraLayer.merge): the
+frozen W is never written, so a base shared by several sessions stays intact and `unmerge` restores
+it bit for bit. `.eval()` never merges.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+from collections.abc import Iterator
 
-import torch
 import torch.nn as nn
-from transformers import PreTrainedTokenizerBase
 
-from .evaluation import generate
-from .inject import lora_layers, merge_lora, unmerge_lora
-
-
-def _timed_generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                    max_new_tokens: int, repeats: int) -> tuple[float, list[str]]:
-    """(best prompts·max_new_tokens per second over `repeats` runs, the greedy texts)."""
-    best, out = 0.0, []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = generate(model, tokenizer, prompts, max_new_tokens)
-        best = max(best, len(prompts) * max_new_tokens / (time.perf_counter() - start))
-    return best, out
+from .inject import ModulesToSaveWrapper, lora_layers, unload
+from .layers import LoraLayer
 
 
-def merge_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                 max_new_tokens: int = 16, repeats: int = 2) -> dict:
-    """Merge, compare, unmerge. Returns max |Δlogit| and greedy tokens/s both ways (best of `repeats`).
+def merge_lora(model: nn.Module) -> None:
+    """Fold ΔW into every LoRA layer's weight (out of place; see layers.py)."""
+    for _, layer in lora_layers(model):
+        layer.merge()
 
-    The model ends as it started (unmerge restores the original weights bit for bit).
-    """
-    if not lora_layers(model):
-        raise ValueError("model has no LoRA layers to merge: inject or load an adapter first")
-    if any(layer.merged for _, layer in lora_layers(model)):
-        raise ValueError("model is already merged: unmerge_lora(model) first")
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        unmerged_logits = model(**batch).logits.float()
-        unmerged_speed, unmerged_text = _timed_generate(model, tokenizer, prompts, max_new_tokens, repeats)
-        merge_lora(model)
-        try:
-            merged_logits = model(**batch).logits.float()
-            merged_speed, merged_text = _timed_generate(model, tokenizer, prompts, max_new_tokens, repeats)
-        finally:
-            unmerge_lora(model)
-    model.train(was_training)
-    mask = batch["attention_mask"].bool()
-    return {"max_abs_dlogit": float((merged_logits - unmerged_logits).abs()[mask].max()),
-            "unmerged_tokens_per_s": unmerged_speed, "merged_tokens_per_s": merged_speed,
-            "same_generations": merged_text == unmerged_text, "generations": merged_text}
+
+def unmerge_lora(model: nn.Module) -> None:
+    """Undo `merge_lora`, restoring the original weights bit for bit."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every adapter and return the plain model: no LoRA modules, zero inference overhead."""
+    for _, layer in lora_layers(model):
+        if not layer.merged:
+            layer.merge()
+    return unload(model, keep_trained_copies=True)
+
+
+@contextlib.contextmanager
+def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model behaves as its base (merged layers are unmerged for the while)."""
+    layers = [m for m in model.modules() if isinstance(m, (LoraLayer, ModulesToSaveWrapper))]
+    remerge = [m for m in layers if isinstance(m, LoraLayer) and m.merged]
+    for m in remerge:
+        m.unmerge()
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
+        for m in remerge:
+            m.merge()

@@ -174,7 +174,7 @@ def adapter_report(model: torch.nn.Module) -> list[dict]:
     for name, layer in lora_layers(model):
         sv = singular_values(layer)
         delta = float(sv.double().square().sum().sqrt())
-        w = layer._unmerged_weight if layer.merged else layer.base_layer.weight
+        w = layer.original_weight()
         weight = float(w.detach().float().norm())
         rows.append({"layer": name, "delta_norm": delta, "weight_norm": weight,
                      "relative": delta / weight if weight else float("nan"), "singular_values": sv,

@@ -5,8 +5,9 @@ import hashlib
 import streamlit as st
 
 import lora_core as lc
-from lora_core import viz
-from pages.common import base_model, last_good, settings
+from lora_core import training, viz
+from lora_core.teach import adapter_views
+from pages.common import RUN, base_model, last_good, model_picker, settings, upload_widget
 
 st.title("Load an adapter")
 st.markdown("Upload a LoRA adapter in Hugging Face PEFT's format: a .zip holding `adapter_config.json` and "
@@ -14,50 +15,33 @@ st.markdown("Upload a LoRA adapter in Hugging Face PEFT's format: a .zip holding
             "is checked before it touches a model: the zip's members, every config field, and each tensor's name, "
             "shape, dtype and values. Weights are read as safetensors only, never unpickled.")
 
-CHOICES = ["smollm2-135m", "distilgpt2", "distilgpt2-random"]
 LOADED, KEY, ERROR, GENERATED = "adapters:loaded", "adapters:key", "adapters:error", "adapters:generated"
-RUN = "finetune:run"  # where the Fine-tuning page keeps this session's run
-
-
-@st.cache_data(ttl=60, show_spinner=False)
-def sources() -> dict[str, lc.ModelSource]:
-    return {name: lc.source_info(name) for name in CHOICES}
 
 
 @st.cache_data(show_spinner=False)
 def default_prompt() -> str:
-    return lc.load_dataset("recommendations").test[0][0]
+    return training.load_dataset("recommendations").test[0][0]
 
 
 def load(model_name: str, data: bytes, label: str) -> dict:
     """Check the upload against the shared base, then load it into this session's own copy of the base."""
     limits = settings()
     model, tok = base_model(model_name)
-    # A new module tree sharing the frozen weights: the cached base is never written.
-    adapted = lc.load_adapter_zip(lc.shared_base_copy(model), data, limits.max_adapter_bytes, limits.max_r)
-    return {"label": label, "model_name": model_name, "model": adapted.eval(), "tokenizer": tok,
-            "config": adapted.lora_config, "ledger": lc.ledger_of(adapted, model_name),
-            "report": lc.adapter_report(adapted)}
+    loaded = adapter_views.load_adapter_upload(model, data, model_name, limits.max_adapter_bytes, limits.max_r)
+    return {**loaded, "label": label, "model_name": model_name, "tokenizer": tok}
 
 
 # --- 1. the base and the adapter --------------------------------------------------------------------
 st.header("1. Choose the base model and the adapter")
-available = {n: s for n, s in sources().items() if s.available}
-default = lc.default_model_name()
-model_name = st.selectbox(
-    "base model", list(available), index=list(available).index(default) if default in available else 0,
-    format_func=lambda n: f"{n} ({'pretrained' if available[n].pretrained else 'random weights'})",
-    help="an adapter fits only a base with the same architecture; it means something only on the base it was "
-         "trained on")
+model_name = model_picker("base model", help="an adapter fits only a base with the same architecture; it means "
+                                             "something only on the base it was trained on")
 run = st.session_state.get(RUN)
 trained_here = run is not None and run.status not in ("running", "paused")
 options = ["upload a .zip", "the adapter trained in this session"] if trained_here else ["upload a .zip"]
 source = st.radio("adapter", options, horizontal=True)
 data, label = None, None
 if source == "upload a .zip":
-    limits = settings()
-    upload = st.file_uploader("adapter .zip (PEFT format)", type=["zip"], max_upload_size=limits.max_adapter_mib,
-                              help=f"at most {limits.max_adapter_bytes:,} bytes (max_adapter_bytes in lora_lab.toml)")
+    upload = upload_widget("adapter .zip (PEFT format)", "max_adapter_bytes", type=["zip"])
     if upload is not None:
         data, label = upload.getvalue(), upload.name
 else:
@@ -107,32 +91,23 @@ st.markdown("Each adapted layer adds ΔW = B·A·scaling, of rank at most r. Its
             "factors (`lc.singular_values`), never from the full matrix. A few large values and a fast drop mean "
             "the update uses fewer directions than r allows.")
 report = loaded["report"]
-names = [row["layer"] for row in report]
+names = adapter_views.layer_spectra(report)["layers"]
 shown = st.multiselect("layers", names, default=names[:4])
-rows = [row for row in report if row["layer"] in shown]
+figures = adapter_views.layer_spectra(report, shown)
 left, right = st.columns(2)
-left.plotly_chart(viz.spectra({row["layer"]: row["singular_values"] for row in rows},
-                              "ΔW spectrum per layer"), width="stretch")
-right.plotly_chart(viz.layer_bars(names, [row["relative"] for row in report], "‖ΔW‖_F / ‖W‖_F per adapted layer",
+left.plotly_chart(viz.spectra(figures["spectra"], "ΔW spectrum per layer"), width="stretch")
+right.plotly_chart(viz.layer_bars(figures["layers"], figures["relative"], "‖ΔW‖_F / ‖W‖_F per adapted layer",
                                   "relative size of the update"), width="stretch")
-st.dataframe([{"layer": row["layer"], "‖ΔW‖_F": row["delta_norm"], "‖ΔW‖_F / ‖W‖_F": row["relative"],
-               "numerical rank": lc.numerical_rank(row["singular_values"]),
-               "effective rank": round(lc.effective_rank(row["singular_values"]), 2)} for row in report],
-             hide_index=True)
+st.dataframe(adapter_views.spectrum_rows(report), hide_index=True)
 
 # --- 4. what it does ---------------------------------------------------------------------------------
 st.header("4. Base against adapted")
 prompt = st.text_input("prompt", value=default_prompt())
 new_tokens = st.slider("new tokens", 4, 64, 24)
 if st.button("Generate both ways (greedy)"):
-    def both() -> tuple[str, str]:
-        model, tok = loaded["model"], loaded["tokenizer"]
-        on = lc.generate(model, tok, [prompt], new_tokens)[0]
-        with lc.disable_lora(model):
-            off = lc.generate(model, tok, [prompt], new_tokens)[0]
-        return on, off
     with st.spinner("Generating…"):
-        st.session_state[GENERATED] = last_good("adapters:generate", lambda: (prompt, *both()))
+        st.session_state[GENERATED] = last_good("adapters:generate", lambda: (prompt, *adapter_views.generate_both_ways(
+            loaded["model"], loaded["tokenizer"], prompt, new_tokens)))
 generated = st.session_state.get(GENERATED)
 if generated:
     c1, c2 = st.columns(2)

@@ -1,6 +1,6 @@
 """Anatomy: where a LoRA adapter attaches, what its dropout hits, what bias adds, how it starts.
 
-Every number is measured live by lora_core.anatomy: meta-device models for names and counts,
+Every number is measured live by lora_core.teach.anatomy: meta-device models for names and counts,
 forward hooks for dropout, and a pretrained SmolLM2 weight (copied, never the cached model) for init.
 """
 
@@ -8,39 +8,40 @@ import streamlit as st
 
 import lora_core as lc
 from lora_core import viz
-from pages.common import base_model, last_good, ledger
+from lora_core.teach import anatomy, ledger_views
+from pages.common import ALL_LINEAR, base_model, last_good, ledger, matched, meta_model, model_facts
 
 GPT2, LLAMA = "distilgpt2", "SmolLM2-135M"   # shipped configs: shapes only
 PRETRAINED = "smollm2-135m"                  # real weights for the init gallery (offline)
 FALLBACK = "distilgpt2-random"               # real shapes, random weights, if SmolLM2 cannot load
-ALL_LINEAR = "all-linear"
-
-
-@st.cache_resource(show_spinner=False)
-def meta_model(name: str):
-    """A weightless model to read names and shapes from. Shared by sessions: never inject into it."""
-    return lc.build_on_meta(name)
-
-
-@st.cache_data(show_spinner=False)
-def matched(name: str, cfg: lc.LoraConfig) -> list[str]:
-    return lc.matched_modules(meta_model(name), cfg)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def tree_figure(name: str, cfg: lc.LoraConfig):
     model = meta_model(name)
-    return viz.module_treemap(lc.anatomy.block_tree(model, cfg), f"{name}: {type(model).__name__}, block 0")
+    return viz.module_treemap(anatomy.block_tree(model, cfg), f"{name}: {type(model).__name__}, block 0")
+
+
+@st.cache_data(show_spinner=False)
+def target_options() -> list[str]:
+    return ledger_views.target_options([meta_model(GPT2), meta_model(LLAMA)])
+
+
+@st.cache_data(show_spinner=False)
+def block_layers(arch: str, block: int) -> tuple[str, list[str]]:
+    """(block prefix, layer names under it) of the layers all-linear wraps in one block."""
+    names = matched(arch, lc.LoraConfig(target_modules=ALL_LINEAR))
+    return ledger_views.block_layers(meta_model(arch), names, block)
 
 
 @st.cache_data(show_spinner=False)
 def regex_result(name: str) -> dict:
-    return lc.anatomy.regex_vs_all_linear(meta_model(name))
+    return anatomy.regex_vs_all_linear(meta_model(name))
 
 
 @st.cache_data(show_spinner=False)
 def dropout_trace(p: float, train: bool, seed: int) -> dict:
-    return lc.anatomy.trace_dropout(p=p, train=train, seed=seed)
+    return anatomy.trace_dropout(p=p, train=train, seed=seed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -50,12 +51,12 @@ def dropout_figure(p: float, train: bool, seed: int):
 
 @st.cache_data(show_spinner=False)
 def bias_table(name: str, cfg: lc.LoraConfig) -> list[dict]:
-    return lc.anatomy.bias_mode_ledgers(name, cfg)
+    return anatomy.bias_mode_ledgers(name, cfg)
 
 
 @st.cache_data(show_spinner=False)
 def added(name: str, cfg: lc.LoraConfig) -> dict:
-    return lc.anatomy.added_not_selected(name, cfg)
+    return anatomy.added_not_selected(name, cfg)
 
 
 @st.cache_resource(show_spinner="Loading SmolLM2-135M (pretrained, offline)…")
@@ -71,7 +72,7 @@ def init_source() -> tuple[str, str, str]:
 @st.cache_data(show_spinner="Running the four inits…")
 def gallery(source: str, layer: str, r: int, alpha: float) -> dict:
     model, _ = base_model(source)  # read only: init_gallery works on a deep copy of the layer
-    return lc.anatomy.init_gallery(model.get_submodule(layer), r=r, lora_alpha=alpha)
+    return anatomy.init_gallery(model.get_submodule(layer), r=r, lora_alpha=alpha)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -82,7 +83,7 @@ def gallery_figures(source: str, layer: str, r: int, alpha: float):
 
 @st.cache_data(show_spinner=False)
 def notations(in_features: int, out_features: int, r: int, alpha: float) -> dict:
-    return lc.anatomy.compare_notations(in_features, out_features, r, alpha)
+    return anatomy.compare_notations(in_features, out_features, r, alpha)
 
 
 st.title("Anatomy: targets, dropout, bias, init")
@@ -92,14 +93,13 @@ st.markdown("A LoRA layer is the frozen layer plus a side branch: `h = W x + (α
 
 # --- 1. targets ---------------------------------------------------------------------------------------
 st.header("1. Which layers get an adapter")
-options = [ALL_LINEAR, *sorted({m for name in (GPT2, LLAMA) for m in lc.candidate_modules(meta_model(name))})]
 c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
-picked = c1.multiselect("target_modules", options, default=["c_attn", "q_proj", "v_proj"],
+picked = c1.multiselect("target_modules", target_options(), default=["c_attn", "q_proj", "v_proj"],
                         help="PEFT's defaults: c_attn for GPT-2, q_proj and v_proj for Llama.")
 regex = c2.text_input("…or a regex over full module names (used when set)", placeholder=r".*\.(c_fc|up_proj)")
 r = c3.select_slider("r", options=[1, 2, 4, 8, 16, 32, 64], value=8)
 alpha = c4.number_input("α", min_value=0.0, value=16.0, step=1.0)
-targets = regex if regex.strip() else ALL_LINEAR if ALL_LINEAR in picked else picked
+targets, _ = ledger_views.resolve_targets(picked, regex)
 state = last_good("anatomy", lambda: lc.LoraConfig(r=r, lora_alpha=alpha, target_modules=targets))
 if state is None:
     st.stop()
@@ -118,7 +118,7 @@ for col, name, note in ((left, GPT2, "GPT-2 fuses q, k and v into one Conv1D, `a
 
 # --- 2. seed 001's regex ------------------------------------------------------------------------------
 st.header("2. A regex over `print(model)` is not a layer finder")
-st.markdown(f"One seed document collects \"all linear layers\" with `re.findall(r'{lc.anatomy.SEED_REGEX}', "
+st.markdown(f"One seed document collects \"all linear layers\" with `re.findall(r'{anatomy.SEED_REGEX}', "
             "str(model))`. Here is that regex run on each model's printout, beside what "
             "`target_modules='all-linear'` actually wraps (every Linear and Conv1D except the output layer).")
 g1, g2 = st.columns(2)
@@ -178,11 +178,10 @@ if tables is not None:
 # --- 5. init -------------------------------------------------------------------------------------------
 st.header("5. Where each init starts")
 source, arch, note = init_source()
-names = matched(arch, lc.LoraConfig(target_modules=ALL_LINEAR))
 i1, i2 = st.columns(2)
-block = i1.slider("block", 0, meta_model(arch).config.num_hidden_layers - 1, 0)
-prefix = lc.anatomy.block_prefix(meta_model(arch), block) + "."
-leaf = i2.selectbox("layer", [n[len(prefix):] for n in names if n.startswith(prefix)])
+block = i1.slider("block", 0, model_facts(arch)["last_layer"], 0)
+prefix, leaves = block_layers(arch, block)
+leaf = i2.selectbox("layer", leaves)
 result = last_good("anatomy:init", lambda: gallery(source, prefix + leaf, r, alpha))
 if result is not None:
     chart, spectrum = gallery_figures(source, prefix + leaf, r, alpha)

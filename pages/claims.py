@@ -1,13 +1,16 @@
 """Claims check: every claim of the seed documents (CLAIMS.md), its verdict, and live evidence.
 
-The verdicts are the project's; the numbers behind them are computed by lora_core.claims when the
-page runs (cached afterwards). Row 6 can be measured here: the seed's 4-example setup, fine-tuned.
+The verdicts are the project's; the claims are a table (lora_core.teach.claims.table) and the numbers behind
+them are computed by lora_core when the page runs: cached afterwards, except the rows that use the real weight
+(about a second) or read runs/, which are measured on every run. Row 6 can be measured here: the seed's
+4-example setup, fine-tuned.
 """
 
 import streamlit as st
 
 import lora_core as lc
-from lora_core import claims, experiments
+from lora_core.teach import training_runs
+from lora_core.teach.claims import check
 from pages.common import base_model
 from pages.evidence_view import show_evidence
 
@@ -25,7 +28,7 @@ def real_weight():
         return None
 
 
-def badge(c: claims.ClaimEvidence) -> str:
+def badge(c: check.ClaimEvidence) -> str:
     return f":{BADGE[c.verdict]}-badge[{c.verdict} {c.verdict_name}]"
 
 
@@ -37,12 +40,12 @@ st.markdown("The documents LoRA Lab's users learn from make claims about LoRA. S
 
 weight = real_weight()
 with st.spinner("Computing the evidence for every claim (once per server)…"):
-    rows = claims.claims_check(weight=weight)
+    rows = check.claims_check(weight=weight)
 
-counts = claims.verdict_counts(rows)
+counts = check.verdict_counts(rows)
 cols = st.columns(len(counts))
 for col, (v, n) in zip(cols, counts.items(), strict=True):
-    col.metric(f"{v} {claims.VERDICTS[v]}", n)
+    col.metric(f"{v} {check.VERDICTS[v]}", n)
 st.dataframe([{"#": c.row, "seed": c.seed, "verdict": f"{c.verdict} {c.verdict_name}", "claim": c.claim,
                "key evidence": ": ".join(next(iter(c.evidence.metrics.items()), ()))} for c in rows],
              hide_index=True, width="stretch", height="content",
@@ -60,14 +63,14 @@ for c in rows:
         show_evidence(c.evidence, f"claim:{c.row}", f"claim:{c.row}:{hash(c.truth)}")
         if c.row == 6:
             st.markdown(f"**Measure the seed's own setup:** LoRA (r = 8, α = 16, dropout 0.1) on "
-                        f"{claims.SEED_000['train_pairs']} training pairs for "
-                        f"{claims.SEED_000['epochs']} epochs on {MODEL}, then BLEU on held-out prompts. "
+                        f"{check.SEED_000['train_pairs']} training pairs for "
+                        f"{check.SEED_000['epochs']} epochs on {MODEL}, then BLEU on held-out prompts. "
                         "A minute or more on a CPU: generating the held-out answers is the slow part.")
             if st.button("Run it now", key="claims:bleu"):
                 with st.spinner("Fine-tuning and generating…"):
                     try:
                         model, tok = base_model(MODEL)
-                        st.session_state["claims:bleu_run"] = experiments.seed_bleu_experiment(
+                        st.session_state["claims:bleu_run"] = training_runs.seed_bleu_experiment(
                             lc.shared_base_copy(model), tok)   # a private tree over the shared frozen base
                     except lc.ModelUnavailableError as err:
                         st.error(f"{err}", icon="⚠️")

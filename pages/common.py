@@ -1,4 +1,5 @@
-"""What every page shares: inline errors that keep the last good state, and the model cache.
+"""What every page shares, written once: the page registry, session keys, inline errors that keep the last
+good state, the model caches, the model picker, matched-module helpers and the upload widget.
 
 Pages hold no math. They collect inputs, call lora_core, and draw with lora_core.viz.
 """
@@ -8,17 +9,71 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import streamlit as st
 
 import lora_core as lc
-from lora_core.admission import TrainingSlots
-from lora_core.settings import Settings, load_settings
+from lora_core.config import ALL_LINEAR as ALL_LINEAR  # re-exported: the library's name for every linear layer
+from lora_core.models.sources import LOADABLE, ModelSource
+from lora_core.serve.admission import TrainingSlots
+from lora_core.serve.settings import Settings, load_settings
+from lora_core.serve.upload_limits import upload_limit
+from lora_core.teach.ledger_views import model_facts as facts_of
 
 log = logging.getLogger("lora_lab")
 
 T = TypeVar("T")
+
+
+# --- the page registry: app.py's navigation and Home's links both read it ------------------------------
+@dataclass(frozen=True)
+class PageEntry:
+    """One page: its file, its title in the sidebar, its icon, and the line Home links it with."""
+
+    path: str
+    title: str
+    icon: str
+    blurb: str
+
+
+HOME = "pages/home.py"
+PAGES = (
+    PageEntry(HOME, "Home: what LoRA is", ":material/home:",
+              "**Home**: LoRA in one picture, with live shapes and counts for your r and α"),
+    PageEntry("pages/parameters.py", "Parameters: the ledger", ":material/calculate:",
+              "**Parameters**: the ledger for any model, r and target set, checked against PEFT"),
+    PageEntry("pages/anatomy.py", "Anatomy: targets, dropout, bias, init", ":material/biotech:",
+              "**Anatomy**: which layers get LoRA, where dropout acts, bias modes, init variants"),
+    PageEntry("pages/rank_svd.py", "Rank and SVD", ":material/ssid_chart:",
+              "**Rank and SVD**: why a low-rank update is enough, ΔW's spectrum, subspace similarity"),
+    PageEntry("pages/scaling.py", "Scaling: α, r, rsLoRA", ":material/balance:",
+              "**Scaling**: α/r against rsLoRA's α/√r, and α as a learning rate under Adam"),
+    PageEntry("pages/finetune.py", "Live fine-tuning", ":material/model_training:",
+              "**Live fine-tuning**: train SmolLM2 or distilgpt2 with LoRA, then merge and export"),
+    PageEntry("pages/adapters.py", "Load an adapter", ":material/upload_file:",
+              "**Load an adapter**: upload a PEFT adapter, see what it holds and what it changes"),
+    PageEntry("pages/qlora.py", "QLoRA and memory", ":material/memory:",
+              "**QLoRA and memory**: NF4 from scratch and what a training step costs"),
+    PageEntry("pages/speed.py", "Speed: LoRA against its floor", ":material/speed:",
+              "**Speed**: a LoRA training step against the frozen base's own, measured"),
+    PageEntry("pages/interview.py", "Interview prep", ":material/quiz:",
+              "**Interview prep**: randomised questions whose answers lora_core computes"),
+    PageEntry("pages/claims.py", "Claims check", ":material/fact_check:",
+              "**Claims check**: what the usual LoRA write-ups get right and wrong, with evidence"),
+)
+
+
+def navigation_pages() -> list[st.Page]:
+    """The registry as st.Page objects, Home the default, for app.py's st.navigation."""
+    return [st.Page(p.path, title=p.title, icon=p.icon, default=p.path == HOME) for p in PAGES]
+
+
+# --- session keys more than one page reads -----------------------------------------------------------------
+RUN = "finetune:run"                     # the Fine-tuning page's LiveRun; Load an adapter offers its adapter
+TRAINED_ADAPTERS = "trained_adapters"    # {label: adapter_directions}: written by Fine-tuning, read by Rank/SVD
+SESSION_ID = "session_id"                # this browser session's id in the training queue
 
 
 def last_good(key: str, build: Callable[[], T]) -> T | None:
@@ -49,7 +104,7 @@ def base_model(name: str):
 def base_variant(name: str, precision: str):
     """The shared base in fp32, bf16 or NF4 (a separate cached copy; the fp32 one is never touched)."""
     model, tok = base_model(name)
-    return lc.base_in_precision(model, precision), tok
+    return lc.quant.base_in_precision(model, precision), tok
 
 
 def session_model(name: str, slot: str = "default"):
@@ -71,6 +126,50 @@ def ledger(model: str, cfg: lc.LoraConfig) -> lc.Ledger:
 
 
 @st.cache_resource(show_spinner=False)
+def meta_model(name: str):
+    """A weightless model for reading module names and shapes. Shared by sessions: never inject into it."""
+    return lc.build_on_meta(name)
+
+
+@st.cache_data(show_spinner=False)
+def model_facts(name: str) -> dict:
+    """Candidate module names, layer count, model type and PEFT's default targets of a shipped config."""
+    return facts_of(meta_model(name))
+
+
+@st.cache_data(show_spinner=False)
+def matched(name: str, cfg: lc.LoraConfig) -> list[str]:
+    """The full names of the modules `cfg` wraps in a shipped config (PEFT's matching rules)."""
+    return lc.matched_modules(meta_model(name), cfg)
+
+
+# --- the model picker ----------------------------------------------------------------------------------------
+@st.cache_data(ttl=60, show_spinner=False)
+def model_sources() -> dict[str, ModelSource]:
+    """Where each loadable model would come from, and whether it can load here (rechecked every minute)."""
+    return {name: lc.models.source_info(name) for name in LOADABLE}
+
+
+def model_picker(label: str, help: str | None = None, where: Any = st) -> str:
+    """A selectbox over the models that can load here, on the server's default model."""
+    sources = model_sources()
+    names = [n for n, s in sources.items() if s.available]
+    default = lc.models.default_model_name()
+    return where.selectbox(label, names, index=names.index(default) if default in names else 0, help=help,
+                           format_func=lambda n: f"{n} ({'pretrained' if sources[n].pretrained else 'random weights'})")
+
+
+# --- uploads -----------------------------------------------------------------------------------------------------
+def upload_widget(label: str, key: str, type: list[str], help: str = "", where: Any = st):
+    """st.file_uploader whose size limit is the server's own (`key` in lora_lab.toml), not Streamlit's 200 MB."""
+    limit = upload_limit(settings(), key)
+    shown = label if limit.exact else f"{label} (at most {limit.label})"
+    note = f"at most {limit.max_bytes:,} bytes ({key} in lora_lab.toml)"
+    return where.file_uploader(shown, type=type, max_upload_size=limit.widget_mb,
+                               help=f"{help} {note}" if help else note)
+
+
+@st.cache_resource(show_spinner=False)
 def settings() -> Settings:
     """The server's limits (lora_lab.toml), read once."""
     return load_settings()
@@ -85,7 +184,7 @@ def training_slots() -> TrainingSlots:
 
 def session_id() -> str:
     """A stable id for this browser session (for the training queue)."""
-    return st.session_state.setdefault("session_id", uuid.uuid4().hex)
+    return st.session_state.setdefault(SESSION_ID, uuid.uuid4().hex)
 
 
 def show_unexpected(err: Exception, where: str) -> None:

@@ -1,4 +1,4 @@
-"""Draw an `lc.evidence.Evidence`: metrics, a table, a code snippet, a figure and where it came from.
+"""Draw an `evidence.Evidence`: metrics, a table, a code snippet, a figure and where it came from.
 
 Shared by the Interview prep and Claims check pages. No math: every value arrives computed.
 """
@@ -10,7 +10,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from lora_core import viz
-from lora_core.evidence import Evidence
+from lora_core.teach.evidence import Evidence
 
 MAX_METRICS_PER_ROW = 4
 

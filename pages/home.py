@@ -5,6 +5,7 @@ import streamlit as st
 import lora_core as lc
 import pages  # noqa: F401  (a page opened by its own link still runs through app.py)
 from lora_core import viz
+from pages.common import HOME, PAGES, ledger
 
 st.title("LoRA Lab")
 st.markdown(
@@ -26,14 +27,7 @@ except ValueError as err:
     st.error(str(err))
     st.stop()
 
-
-@st.cache_data(show_spinner=False)
-def ledger(r: int, alpha: float, rslora: bool) -> lc.Ledger:
-    return lc.count_lora_parameters("distilgpt2", lc.LoraConfig(r=r, lora_alpha=alpha, target_modules=["c_attn"],
-                                                                use_rslora=rslora))
-
-
-book = ledger(r, alpha, rslora)
+book = ledger("distilgpt2", cfg)
 (row,) = book.rows
 with left:
     st.metric("scaling", f"{cfg.scaling:g}", help="α/r, or α/√r with rsLoRA")
@@ -47,14 +41,6 @@ st.markdown("PEFT's `print_trainable_parameters()` for this setup, computed by `
 st.code(book.peft_line, language=None)
 
 st.subheader("Where to go next, in teaching order")
-for path, label in [
-    ("pages/parameters.py", "**Parameters**: the ledger for any model, r and target set, checked against PEFT"),
-    ("pages/anatomy.py", "**Anatomy**: which layers get LoRA, where dropout acts, bias modes, init variants"),
-    ("pages/rank_svd.py", "**Rank and SVD**: why a low-rank update is enough, ΔW's spectrum, subspace similarity"),
-    ("pages/scaling.py", "**Scaling**: α/r against rsLoRA's α/√r, and α as a learning rate under Adam"),
-    ("pages/finetune.py", "**Live fine-tuning**: train SmolLM2 or distilgpt2 with LoRA, then merge and export"),
-    ("pages/qlora.py", "**QLoRA and memory**: NF4 from scratch and what a training step costs"),
-    ("pages/interview.py", "**Interview prep**: randomised questions whose answers lora_core computes"),
-    ("pages/claims.py", "**Claims check**: what the usual LoRA write-ups get right and wrong, with evidence"),
-]:
-    st.page_link(path, label=label)
+for entry in PAGES:
+    if entry.path != HOME:
+        st.page_link(entry.path, label=entry.blurb, icon=entry.icon)

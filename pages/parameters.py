@@ -4,43 +4,20 @@ Every number comes from lora_core's ledger (built on the meta device, so even a 
 milliseconds); the "Verify with PEFT" button asks PEFT itself for the same count on the same shapes.
 """
 
-import dataclasses
-
 import pandas as pd
 import streamlit as st
 
 import lora_core as lc
 from lora_core import viz
-from pages.common import last_good, ledger
-
-ALL_LINEAR = "all-linear"
-RANKS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-# Seed 000's claim, quoted so the page can set the computed count beside it.
-SEED_000 = dict(r=8, lora_alpha=16, target_modules=["c_attn"], claimed=98_304, claimed_percent="0.12%")
-
-
-@st.cache_resource(show_spinner=False)
-def meta_model(name: str):
-    """A weightless model for reading module names and shapes. Shared by sessions: never inject into it."""
-    return lc.build_on_meta(name)
-
-
-@st.cache_data(show_spinner=False)
-def model_facts(name: str) -> dict:
-    model = meta_model(name)
-    return {"candidates": lc.candidate_modules(model), "layers": model.config.num_hidden_layers,
-            "model_type": model.config.model_type}
-
-
-@st.cache_data(show_spinner=False)
-def matched(name: str, cfg: lc.LoraConfig) -> list[str]:
-    return lc.matched_modules(meta_model(name), cfg)
+from lora_core.teach import anatomy, ledger_views, peft_reference
+from pages.common import ALL_LINEAR, last_good, ledger, matched, model_facts
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def sweep_figure(name: str, sets: tuple[tuple[str, lc.LoraConfig], ...]):
     """The r-sweep chart; it depends on neither r nor α, so moving r reuses it (read-only)."""
-    return viz.rank_sweep_chart(lc.anatomy.rank_sweep(name, dict(sets), RANKS), highlight="your choice")
+    points = anatomy.rank_sweep(name, dict(sets), ledger_views.RANKS)
+    return viz.rank_sweep_chart(points, highlight="your choice")
 
 
 @st.cache_resource(show_spinner=False)
@@ -50,13 +27,12 @@ def adapter_figure(in_features: int, out_features: int, r: int):
 
 @st.cache_data(show_spinner="Building PEFT's model on the meta device…")
 def peft_count(name: str, cfg: lc.LoraConfig) -> tuple[int, int]:
-    return lc.peft_reference_count(name, cfg)
+    return peft_reference.peft_reference_count(name, cfg)
 
 
 @st.cache_data(show_spinner=False)
-def seed_000_check() -> dict:
-    cfg = lc.LoraConfig(**{k: v for k, v in SEED_000.items() if not k.startswith("claimed")})
-    return lc.anatomy.explain_claimed_count("distilgpt2", cfg, SEED_000["claimed"])
+def seed_000() -> tuple[dict, dict]:
+    return ledger_views.seed_000_claim(), ledger_views.seed_000_shapes()
 
 
 st.title("Parameters: the ledger")
@@ -68,18 +44,17 @@ st.markdown(
 )
 
 # --- inputs -----------------------------------------------------------------------------------------
-names = lc.available_configs()
+names = lc.models.available_configs()
 c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
 model = c1.selectbox("model (shapes only, no weights)", names, index=names.index("distilgpt2"))
 facts = model_facts(model)
-r = c2.select_slider("rank r", options=RANKS, value=8)
+r = c2.select_slider("rank r", options=ledger_views.RANKS, value=8)
 alpha = c3.number_input("lora_alpha α", min_value=0.0, value=16.0, step=1.0)
 bias = c4.selectbox("bias", ["none", "all", "lora_only"])
 
-default_targets = lc.inject.DEFAULT_TARGETS.get(facts["model_type"], facts["candidates"][:1])
 t1, t2 = st.columns([3, 2])
 picked = t1.multiselect("target_modules", [ALL_LINEAR, *facts["candidates"]],
-                        default=[t for t in default_targets if t in facts["candidates"]], key=f"targets:{model}",
+                        default=facts["default_targets"], key=f"targets:{model}",
                         help="A name matches every module whose full name ends with it, e.g. c_proj hits "
                              "attn.c_proj and mlp.c_proj.")
 regex = t2.text_input("…or a regex over full module names (used when set)", key=f"regex:{model}",
@@ -89,15 +64,9 @@ layers = l1.multiselect("layers_to_transform (empty = every layer)", list(range(
                         key=f"layers:{model}", help="Applies to a list of names, not to a regex (as in PEFT).")
 saved = l2.multiselect("modules_to_save (trained in full, as a copy)", facts["candidates"], key=f"saved:{model}")
 
-if regex.strip():
-    targets = regex
-elif ALL_LINEAR in picked:
-    targets = ALL_LINEAR
-    if len(picked) > 1:
-        st.caption("`all-linear` already covers every Linear/Conv1D layer except the output layer; "
-                   "the other names are ignored.")
-else:
-    targets = picked
+targets, note = ledger_views.resolve_targets(picked, regex)
+if note:
+    st.caption(note)
 
 
 def build() -> tuple[str, lc.LoraConfig, lc.Ledger, list[str]]:
@@ -119,10 +88,7 @@ with st.expander(f"The {len(wrapped)} matched modules"):
 
 # --- the ledger ---------------------------------------------------------------------------------------
 st.header("The ledger")
-table = pd.DataFrame([{"module": row.module, "type": row.layer_type,
-                       "shape (in→out)": f"{row.in_features}→{row.out_features}", "count": row.count,
-                       "r·(in+out)": row.lora_per_module, "LoRA params": row.lora_params} for row in book.rows])
-st.dataframe(table, hide_index=True, width="stretch",
+st.dataframe(pd.DataFrame(ledger_views.ledger_table(book)), hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="localized")
                             for c in ("count", "r·(in+out)", "LoRA params")})
 m = st.columns(5)
@@ -155,22 +121,18 @@ if check is not None and check[:2] == (model, cfg):
 # --- charts ---------------------------------------------------------------------------------------------
 st.header("How the count grows with r")
 # r and α are normalised away so that moving r keeps this (slow to draw) figure cached.
-sets = {"your choice": cfg} | {label: dataclasses.replace(cfg, target_modules=t)
-                                for label, t in lc.anatomy.standard_target_sets(facts["model_type"]).items()}
-st.plotly_chart(sweep_figure(model, tuple((label, dataclasses.replace(c, r=1, lora_alpha=1))
-                                          for label, c in sets.items())), width="stretch")
+st.plotly_chart(sweep_figure(model, ledger_views.sweep_configs(cfg, facts["model_type"])), width="stretch")
 st.caption(f"Your r = {cfg.r} sits on the 'your choice' line: {book.trainable:,} trainable, "
            f"{book.trainable_percent:.4f}% of {book.total:,}. Hover for exact numbers.")
 
 # --- seed 000 --------------------------------------------------------------------------------------------
 st.header("A worked example, and a wrong one")
-claim = seed_000_check()
-square = ledger("distilgpt2", lc.LoraConfig(r=SEED_000["r"], target_modules=r".*\.attn\.c_proj")).rows[0]
-fused = ledger("distilgpt2", lc.LoraConfig(r=SEED_000["r"], target_modules=["c_attn"])).rows[0]
+claim, shapes = seed_000()
+square, fused = shapes["square"], shapes["fused"]
 st.markdown(
     f"A seed document counts LoRA on a square {square.in_features}×{square.out_features} matrix at "
     f"r = {square.r}: {square.r}·({square.in_features}+{square.out_features}) = **{square.lora_per_module:,}**, "
-    f"{lc.anatomy.percent_of_weight(square):.2f}% of its {square.weight_params:,} weights. That is right, and "
+    f"{shapes['square_percent']:.2f}% of its {square.weight_params:,} weights. That is right, and "
     f"distilgpt2's attention output `attn.c_proj` is such a matrix. But `c_attn` is not square: it maps "
     f"{fused.in_features} → {fused.out_features} (q, k and v side by side), so it costs "
     f"**{fused.lora_per_module:,}** per block."
@@ -180,7 +142,7 @@ w1.plotly_chart(adapter_figure(square.in_features, square.out_features, square.r
 w2.plotly_chart(adapter_figure(fused.in_features, fused.out_features, fused.r), width="stretch")
 
 st.markdown(f"The same document then says r = 8 on `c_attn` trains about **{claim['claimed']:,}** parameters, "
-            f"{SEED_000['claimed_percent']} of the model. The ledger says:")
+            f"{claim['claimed_percent_text']} of the model. The ledger says:")
 k = st.columns(4)
 k[0].metric("claimed", f"{claim['claimed']:,}", help=f"{claim['claimed_percent_of_total']:.4f}% of all params")
 k[1].metric("computed by the ledger", f"{claim['trainable']:,}",
@@ -198,5 +160,5 @@ else:
     lines.append(f"- The claimed {claim['claimed']:,} is {claim['implied_modules']:.2f} c_attn modules' worth: "
                  "no whole number of blocks gives it.")
 lines.append(f"- PEFT's denominator is {claim['total']:,}: the base's {claim['base_total']:,} **plus** the "
-             f"adapter, so the share is {claim['trainable_percent']:.4f}%, not {SEED_000['claimed_percent']}.")
+             f"adapter, so the share is {claim['trainable_percent']:.4f}%, not {claim['claimed_percent_text']}.")
 st.markdown("\n".join(lines))

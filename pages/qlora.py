@@ -1,22 +1,16 @@
 """QLoRA and memory: NF4 built live, its error on real SmolLM2 weights, double quantization, and a
 memory estimator for full fine-tuning, LoRA and QLoRA. Every number comes from lora_core."""
 
-from dataclasses import replace
-
 import streamlit as st
 
 import lora_core as lc
-from lora_core import memory, quant, viz
+from lora_core import viz
+from lora_core.quant import codebook, memory
+from lora_core.teach import qlora_study
+from lora_core.teach.qlora_study import BLOCK_SIZES, CONTROL, LAYERS, MODEL
 from pages.common import base_model, last_good
 
-MODEL = "smollm2-135m"
-LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.15.self_attn.q_proj", "model.layers.15.mlp.up_proj",
-          "model.layers.29.mlp.down_proj", "model.embed_tokens"]
-CONTROL = "control: seeded N(0, 0.02²), 576×576"
-BLOCK_SIZES = [16, 32, 64, 128, 256, 1024, 4096]
 METHOD_LABELS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
-ERROR_COLUMNS = {"mean_abs_error": "mean |ŵ−w|", "rmse": "RMSE", "max_abs_error": "max |ŵ−w|",
-                 "relative_frobenius_error": "‖ŵ−w‖/‖w‖", "code_entropy_bits": "code entropy (bits)"}
 
 st.title("QLoRA and memory")
 st.caption("QLoRA (Dettmers et al. 2023, arXiv 2305.14314) fine-tunes LoRA adapters (arXiv 2106.09685) on top "
@@ -37,11 +31,10 @@ st.markdown(
     "4-bit grid and a real logarithmic grid (sign bit plus 3-bit exponent, ±2⁻ᵏ): each of its levels is "
     "half the next one, so it crowds its levels around 0 and leaves wide gaps near ±1.")
 
-books = quant.codebooks()
-st.plotly_chart(viz.codebook_levels(books, quant.normal_density_on_codebook_scale()), width="stretch")
+books = codebook.codebooks()
+st.plotly_chart(viz.codebook_levels(books, codebook.normal_density_on_codebook_scale()), width="stretch")
 with st.expander("The 16 levels of each codebook"):
-    st.dataframe([{"code": i, **{name: round(levels[i].item(), 7) for name, levels in books.items()}}
-                  for i in range(16)], hide_index=True)
+    st.dataframe(qlora_study.codebook_table(), hide_index=True)
 
 # --- 2. blockwise absmax on real weights ------------------------------------------------------------
 st.header("2. Blockwise absmax, and the error on real weights")
@@ -56,10 +49,7 @@ st.markdown(
 @st.cache_resource(show_spinner=False)
 def weights(name: str):
     """The weight to study: a layer of the shared SmolLM2 (read only) or the seeded control."""
-    if name == CONTROL:
-        return quant.normal_weights()
-    model, _ = base_model(MODEL)
-    return model.get_submodule(name).weight
+    return qlora_study.weight_to_study(None if name == CONTROL else base_model(MODEL)[0], name)
 
 
 try:
@@ -76,31 +66,12 @@ block_size = c2.select_slider("block size", BLOCK_SIZES, value=64, key="qlora_bl
 
 @st.cache_data(show_spinner="Quantizing…")
 def study(name: str, block_size: int) -> dict:
-    w = weights(name)
-    books = quant.codebooks()
-    normalized, absmax = quant.block_normalize(w, block_size)
-    q = quant.quantize_blockwise(w, books["NF4"], block_size)
-    w_hat = quant.dequantize(q).reshape(-1)
-    first = [{"w": w.reshape(-1)[i].item(), "w / absmax": normalized[0, i].item(), "NF4 code": q.codes[0, i].item(),
-              "level": q.codebook[q.codes[0, i].long()].item(), "ŵ = level·absmax": w_hat[i].item()}
-             for i in range(8)]
-    errors = {k: quant.round_trip_error(w, cb, block_size) for k, cb in books.items()}
-    limit = max(e.abs().max().item() for e in errors.values())
-    dq = quant.double_quantize(q.absmax, 256, block_size)
-    return {"shape": tuple(w.shape), "first": first, "absmax0": absmax[0].item(), "n_blocks": absmax.numel(),
-            "hist": quant.value_histogram(normalized, bins=101, limit=1.0),
-            "table": {k: quant.quantization_error(w, cb, block_size) for k, cb in books.items()},
-            "error_hists": {k: quant.value_histogram(e, bins=81, limit=limit) for k, e in errors.items()},
-            "dq_bits": dq.bits_per_param(), "dq_error": dq.max_relative_error(q.absmax),
-            "storage": q.storage_bits()}
+    return qlora_study.study(weights(name), block_size)
 
 
 @st.cache_data(show_spinner=False)
 def block_sweep(name: str) -> list[dict]:
-    w, nf4 = weights(name), quant.nf4_codebook()
-    return [{"block size": b, "NF4 RMSE": quant.quantization_error(w, nf4, b)["rmse"],
-             "constant bits / weight": quant.constant_bits_per_param(b, False),
-             "with double quantization": quant.constant_bits_per_param(b, True)} for b in BLOCK_SIZES]
+    return qlora_study.block_sweep(weights(name))
 
 
 res = study(layer, block_size)
@@ -117,17 +88,14 @@ with right:
     st.plotly_chart(viz.weight_histogram(*res["hist"], books, f"{layer}: weights / block absmax, blocks of "
                                          f"{block_size}"), width="stretch")
 
-table = [{"codebook": k, **{ERROR_COLUMNS[m]: v for m, v in row.items()}} for k, row in res["table"].items()]
-st.dataframe(table, hide_index=True)
-best = min(res["table"], key=lambda k: res["table"][k]["rmse"])
-ratios = {k: row["rmse"] / res["table"][best]["rmse"] for k, row in res["table"].items() if k != best}
-log_levels = books["log4"].tolist()
-entropy = ", ".join(f"{k} {row['code_entropy_bits']:.2f}" for k, row in res["table"].items())
-st.markdown(f"Measured on this matrix: **{best}** has the lowest RMSE; "
-            + ", ".join(f"{k} is {v:.2f}× worse" for k, v in ratios.items()) + ". "
+st.dataframe(qlora_study.error_table(res["table"]), hide_index=True)
+rank = qlora_study.codebook_ranking(res["table"])
+entropy = ", ".join(f"{k} {bits:.2f}" for k, bits in rank["entropy"].items())
+st.markdown(f"Measured on this matrix: **{rank['best']}** has the lowest RMSE; "
+            + ", ".join(f"{k} is {v:.2f}× worse" for k, v in rank["ratios"].items()) + ". "
             f"Code entropy, in bits (16 codes can carry at most 4): {entropy}. Using the codes evenly is not "
-            f"enough on its own: the log grid puts 8 of its 16 levels within ±{log_levels[11]:g} and leaves a gap "
-            f"of {log_levels[15] - log_levels[14]:g} between its two largest, so the big weights, which carry "
+            f"enough on its own: the log grid puts 8 of its 16 levels within ±{rank['log_inner_level']:g} and leaves "
+            f"a gap of {rank['log_top_gap']:g} between its two largest, so the big weights, which carry "
             "most of ‖w‖, are rounded coarsely.")
 st.plotly_chart(viz.error_histograms(res["error_hists"]), width="stretch")
 with st.expander("Block size: error against the cost of the constants"):
@@ -136,7 +104,7 @@ with st.expander("Block size: error against the cost of the constants"):
 
 # --- 3. double quantization ------------------------------------------------------------------------
 st.header("3. Double quantization: the constants get quantized too")
-plain, double = quant.constant_bits_per_param(64, False), quant.constant_bits_per_param(64, True)
+plain, double = codebook.constant_bits_per_param(64, False), codebook.constant_bits_per_param(64, True)
 st.markdown(
     "One fp32 absmax per 64 weights costs 32/64 bits per weight, as much as an eighth of the 4-bit code "
     "itself. QLoRA quantizes those constants as well: subtract their mean, then store them in 8 bits, in "
@@ -175,7 +143,7 @@ def load_seed_002() -> None:
 if any(key not in st.session_state for key in KEYS.values()):
     load_seed_002()
 st.button("Load seed 002's setup: Llama-2-7b, QLoRA, r=64, batch 4", on_click=load_seed_002)
-configs = lc.available_configs()
+configs = lc.models.available_configs()
 c1, c2, c3, c4 = st.columns(4)
 model = c1.selectbox("model (shapes only)", configs, key=KEYS["model"])
 method = c2.radio("method", list(METHOD_LABELS), format_func=METHOD_LABELS.get, key=KEYS["method"], horizontal=True)
@@ -196,19 +164,11 @@ master = c5.toggle("fp32 master weights", key=KEYS["master_weights"],
                    help="full fine-tuning in 16 bits: keep an fp32 copy of every weight (mixed precision)")
 
 
-def parse_targets(text: str) -> list[str] | str | None:
-    text = text.strip()
-    if not text:
-        return None
-    return "all-linear" if text == "all-linear" else [t.strip() for t in text.split(",")]
-
-
 def estimates() -> tuple[memory.MemoryConfig, dict[str, memory.MemoryEstimate]]:
-    cfg = memory.MemoryConfig(model=model, method=method, r=int(r), target_modules=parse_targets(targets),
-                              lora_alpha=PRESET.lora_alpha, lora_dropout=float(dropout), weight_dtype=dtype,
-                              batch_size=int(batch), seq_len=int(seq), optimizer=optimizer,
-                              gradient_checkpointing=gc, flash_attention=flash, double_quant=dq, master_weights=master)
-    return cfg, memory.compare_methods(cfg)
+    return qlora_study.memory_comparison(
+        targets, model=model, method=method, r=int(r), lora_alpha=PRESET.lora_alpha, lora_dropout=float(dropout),
+        weight_dtype=dtype, batch_size=int(batch), seq_len=int(seq), optimizer=optimizer, gradient_checkpointing=gc,
+        flash_attention=flash, double_quant=dq, master_weights=master)
 
 
 result = last_good("qlora:memory", estimates)
@@ -236,12 +196,10 @@ if result:
     st.subheader(f"The same {METHOD_LABELS[cfg.method]} setup in fp32, bf16 and fp16 (GiB)")
     st.markdown("Seed 002 is right that fp32 costs more: 4 bytes per value instead of 2, for the weights, "
                 "the gradients of full fine-tuning, and the activations. The optimizer's fp32 moments do not shrink.")
-    per_dtype = {d: memory.estimate_memory(replace(cfg, weight_dtype=d)) for d in memory.DTYPE_BYTES}
-    st.dataframe([{"dtype": d, **{k: round(memory.gib(v), 3) for k, v in e.breakdown().items()},
-                   "total GiB": round(memory.gib(e.total), 3)} for d, e in per_dtype.items()], hide_index=True)
+    st.dataframe(qlora_study.dtype_table(cfg), hide_index=True)
 
-    seed = memory.estimate_memory(PRESET)
-    seed_gc = memory.estimate_memory(replace(PRESET, gradient_checkpointing=True))
+    seed_runs = qlora_study.seed_002()
+    seed, seed_gc = seed_runs["as given"], seed_runs["with checkpointing"]
     st.caption(
         f"Seed 002's setup: Llama-2-7b, QLoRA, r=64, α=16, dropout 0.1, NF4 with fp16 compute, batch 4, "
         f"no double quantization (use_nested_quant=False), PEFT's default targets (q_proj, v_proj). The seed gives "

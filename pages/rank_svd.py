@@ -1,49 +1,50 @@
-"""Rank and SVD: why a low-rank update is enough, and what ΔW's spectrum looks like."""
+"""Rank and SVD: why a low-rank update is enough, and what ΔW's spectrum looks like.
+
+Every number comes from lora_core.teach.low_rank (spectra, adapters on a real weight, the toy pair)
+and lora_core.spectrum; this page picks inputs and draws.
+"""
 
 import streamlit as st
-import torch
-import torch.nn as nn
 
 import lora_core as lc
 from lora_core import viz
-from pages.common import base_model, last_good
+from lora_core.teach import low_rank
+from pages.common import TRAINED_ADAPTERS, base_model, last_good
 
 st.title("Rank and SVD: why low rank works")
 st.caption("LoRA, Hu et al. 2021 (arXiv 2106.09685), sections 4 and 7.")
 
 MODEL = "smollm2-135m"
-PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
 @st.cache_data(show_spinner=False)
-def matrix(layer: int | None, proj: str | None) -> torch.Tensor:
+def matrix(layer: int | None, proj: str | None) -> low_rank.MatrixSpectrum:
     """The demo picture (layer None), or a copy of one pretrained SmolLM2 weight (the cache is never touched)."""
     if layer is None:
-        return lc.demo_image()
-    model, _ = base_model(MODEL)
-    return model.get_submodule(f"model.layers.{layer}.{proj}").weight.detach().float().clone()
+        return low_rank.matrix_spectrum(lc.spectrum.demo_image())
+    return low_rank.matrix_spectrum(low_rank.weight_copy(base_model(MODEL)[0], layer, proj))
 
 
 @st.cache_data(show_spinner=False)
-def spectrum(layer: int | None, proj: str | None) -> torch.Tensor:
-    return torch.linalg.svdvals(matrix(layer, proj))
+def approximation(layer: int | None, proj: str | None, k: int):
+    return lc.spectrum.low_rank_approximation(matrix(layer, proj).matrix, k)
 
 
 @st.cache_data(show_spinner=False)
-def approximation(layer: int | None, proj: str | None, k: int) -> torch.Tensor:
-    return lc.low_rank_approximation(matrix(layer, proj), k)
+def keep_top(layer: int | None, proj: str | None, k: int) -> dict:
+    return lc.spectrum.rank_k_report(matrix(layer, proj).matrix, k)
 
 
 @st.cache_data(show_spinner=False)
-def toy_adapters(r_small: int, r_large: int) -> dict[str, dict]:
-    """Two adapters trained on the same toy problem (a rank-4 target), kept as plain tensors."""
-    out = {}
-    for r in (r_small, r_large):
-        run = lc.train_toy(lc.ToyConfig(r=r, lora_alpha=2 * r, lr=2e-3, steps=300))
-        out[f"r={r}"] = {"A": run.layer.lora_A.weight.detach().clone(), "delta": run.layer.delta_weight().detach(),
-                         "sv": lc.singular_values(run.layer), "target_sv": torch.linalg.svdvals(run.target_delta)}
-    return out
+def adapter_spectra(layer: int, proj: str, r: int, alpha: float) -> dict:
+    """A fresh and a random adapter on the real layer (the frozen weight is shared, not copied)."""
+    return low_rank.adapter_spectra(matrix(layer, proj).matrix, r, alpha)
+
+
+@st.cache_data(show_spinner=False)
+def trained_pair(r_small: int, r_large: int) -> dict:
+    """Two adapters trained on the same toy problem (a rank-4 target), compared (plain tensors)."""
+    return low_rank.trained_pair(r_small, r_large)
 
 
 # --- 1. low-rank approximation -------------------------------------------------------------------
@@ -57,25 +58,26 @@ if source == "a picture":
 else:
     c1, c2 = st.columns(2)
     layer = c1.slider("layer", 0, 29, 0)
-    proj = c2.selectbox("projection", PROJECTIONS)
+    proj = c2.selectbox("projection", low_rank.PROJECTIONS)
     name = f"layers.{layer}.{proj}"
 with st.spinner("Loading SmolLM2-135M…"):
-    W = matrix(layer, proj)
-k = st.slider("k (singular values kept)", 1, min(W.shape), min(8, min(W.shape)))
-report = lc.rank_k_report(W, k)
-sv_w = spectrum(layer, proj)
+    study = matrix(layer, proj)
+(m, n), max_k = study.shape, study.max_k
+k = st.slider("k (singular values kept)", 1, max_k, min(8, max_k))
+report = keep_top(layer, proj, k)
 m1, m2, m3 = st.columns(3)
 m1.metric("energy kept", f"{report['energy']:.2%}", help="Σ_{i≤k} σᵢ² / Σ σᵢ²")
 m2.metric("relative error ‖W−W_k‖/‖W‖", f"{report['relative_error']:.3f}")
 m3.metric("numbers stored", f"{report['stored']:,} of {report['full']:,}",
-          help=f"k·(m+n) = {k}·({W.shape[0]}+{W.shape[1]}); {report['stored'] / report['full']:.1%} of m·n")
+          help=f"k·(m+n) = {k}·({m}+{n}); {low_rank.stored_share(report):.1%} of m·n")
 left, right = st.columns(2)
 if source == "a picture":
-    left.plotly_chart(viz.image_pair(W, approximation(layer, proj, k), k), width="stretch")
+    left.plotly_chart(viz.image_pair(study.matrix, approximation(layer, proj, k), k), width="stretch")
 else:
-    left.plotly_chart(viz.spectra({f"W = {name} ({W.shape[0]}×{W.shape[1]})": sv_w}, "Spectrum of W"),
+    left.plotly_chart(viz.spectra({f"W = {name} ({m}×{n})": study.singular_values}, "Spectrum of W"),
                       width="stretch")
-right.plotly_chart(viz.energy_curve(lc.energy_profile(sv_w), k, f"Energy of {name} against k"), width="stretch")
+right.plotly_chart(viz.energy_curve(lc.spectrum.energy_profile(study.singular_values), k,
+                                    f"Energy of {name} against k"), width="stretch")
 if source != "a picture":
     st.info(f"A pretrained weight is **not** low rank: its top {k} values keep only {report['energy']:.1%} "
             "of its energy. LoRA does not compress W. It bets that the *change* ΔW a new task needs has "
@@ -88,38 +90,16 @@ st.markdown("ΔW is a product through an r-dimensional bottleneck, so at most r 
             "then the SVD of an r×r core. It never forms ΔW.")
 if source == "a picture":
     st.caption("This section uses the pretrained weight chosen above; pick it in section 1.")
-    layer, proj = 0, PROJECTIONS[0]
+    layer, proj = 0, low_rank.PROJECTIONS[0]
     name = f"layers.0.{proj}"
-sv_layer = spectrum(layer, proj)
 r = st.select_slider("adapter rank r", [1, 2, 4, 8, 16, 32, 64], value=8)
 alpha = st.number_input("lora_alpha", value=16.0, min_value=0.0, step=1.0)
 
-
-@st.cache_data(show_spinner=False)
-def adapter_spectra(layer: int, proj: str, r: int, alpha: float) -> dict[str, dict]:
-    """A fresh and a random adapter on the real layer (the frozen weight is shared, not copied)."""
-    W_layer = matrix(layer, proj)
-    out = {}
-    for label, init in (("fresh adapter (init=True)", True), ("random adapter (init=False)", False)):
-        base = nn.Linear(W_layer.shape[1], W_layer.shape[0], bias=False, device="meta")
-        base.weight = nn.Parameter(W_layer, requires_grad=False)
-        torch.manual_seed(0)
-        out[label] = lc.spectrum_report(lc.LoraLinear(base, lc.LoraConfig(r=r, lora_alpha=alpha,
-                                                                         init_lora_weights=init)))
-    return out
-
-
-reports = last_good("rank_svd:adapters", lambda: adapter_spectra(layer, proj, r, alpha))
-if reports:
-    series = {label: rep["singular_values"] for label, rep in reports.items()}
-    rows = [{"adapter": label, "largest σ": rep["largest"], "numerical rank": rep["numerical_rank"],
-             "effective rank": round(rep["effective_rank"], 2), "max |σ_factors − σ_full|": rep["max_abs_diff"],
-             "factors (ms)": round(rep["factors_ms"], 3), "full SVD (ms)": round(rep["full_ms"], 3)}
-            for label, rep in reports.items()]
-    nonzero = {k_: v for k_, v in series.items() if float(v.max()) > 0}
-    fig_series = {f"W = {name}": sv_layer, **nonzero}
-    st.plotly_chart(viz.spectra(fig_series, f"Spectrum of W beside ΔW (r = {r})"), width="stretch")
-    st.dataframe(rows, hide_index=True, width="stretch")
+spectra = last_good("rank_svd:adapters", lambda: adapter_spectra(layer, proj, r, alpha))
+if spectra:
+    series = {f"W = {name}": matrix(layer, proj).singular_values, **spectra["nonzero"]}
+    st.plotly_chart(viz.spectra(series, f"Spectrum of W beside ΔW (r = {r})"), width="stretch")
+    st.dataframe(spectra["rows"], hide_index=True, width="stretch")
     st.caption("The fresh adapter's ΔW is exactly zero (B starts at zero), so it has no spectrum to draw: "
                "that is why training starts from the base model's behaviour.")
 
@@ -130,28 +110,26 @@ st.markdown("Both adapters below are trained with Adam on the same toy task (`lc
             "whether a larger r finds new directions. φ(i, j) measures how much of the top i directions "
             "of one adapter's A lie in the top j of the other's: 1 means contained, 0 means orthogonal.")
 with st.spinner("Training two small adapters…"):
-    pair = toy_adapters(8, 64)
-a8, a64 = pair["r=8"], pair["r=64"]
-phi = lc.subspace_similarity(a8["A"], a64["A"])
+    pair = trained_pair(8, 64)
+small, large = pair["labels"]
 c1, c2 = st.columns(2)
-c1.plotly_chart(viz.spectra({"target ΔW*": a8["target_sv"][:16], "trained r=8": a8["sv"],
-                             "trained r=64": a64["sv"][:16]}, "Spectra after training (top 16)"),
-                width="stretch")
-c2.plotly_chart(viz.similarity_heatmap(phi, "r=8", "r=64"), width="stretch")
-phi_delta = lc.subspace_similarity(a8["delta"], a64["delta"])
+c1.plotly_chart(viz.spectra(pair["spectra"], "Spectra after training (top 16)"), width="stretch")
+c2.plotly_chart(viz.similarity_heatmap(pair["phi"], small, large), width="stretch")
+top = pair["true_rank"]
 m1, m2, m3 = st.columns(3)
-m1.metric("φ on A, top 1", f"{float(phi[0, 0]):.3f}", help="the paper's definition: right singular vectors of A")
-m2.metric("φ on A, top 4", f"{float(phi[3, 3]):.3f}",
-          help="random 4-dim subspaces of 128 dims give about 4/128 = 0.031")
-m3.metric("φ on ΔW, top 4", f"{float(phi_delta[3, 3]):.3f}",
+m1.metric("φ on A, top 1", f"{pair['phi_top1']:.3f}", help="the paper's definition: right singular vectors of A")
+m2.metric(f"φ on A, top {top}", f"{pair['phi_top_true_rank']:.3f}",
+          help=f"random {top}-dim subspaces of {pair['d']} dims give about {top}/{pair['d']} = "
+               f"{pair['random_phi']:.3f}")
+m3.metric(f"φ on ΔW, top {top}", f"{pair['phi_delta_top_true_rank']:.3f}",
           help="the input directions ΔW actually uses; A also keeps its random init, which blurs φ on A")
-st.caption("The target has rank 4, and both adapters recover its four singular values: the extra 56 "
-           "directions of the r = 64 adapter stay near zero. A few directions carry the update, the "
-           "intrinsic-rank claim of the LoRA paper, measured here.")
+st.caption(f"The target has rank {top}, and both adapters recover its {top} singular values: the extra "
+           f"{pair['extra_directions']} directions of the {large} adapter stay near zero. A few directions carry "
+           "the update, the intrinsic-rank claim of the LoRA paper, measured here.")
 
 # --- 4. adapters trained on the Fine-tuning page -------------------------------------------------
 st.header("4. Your trained adapters")
-trained = st.session_state.get("trained_adapters", {})
+trained = st.session_state.get(TRAINED_ADAPTERS, {})
 if not trained:
     st.markdown("Adapters you train on the **Fine-tuning** page in this session appear here. Train two, "
                 "say r = 8 and r = 64 on the same targets, to measure φ between them on a real model.")
@@ -161,15 +139,14 @@ else:
     c1, c2 = st.columns(2)
     first = c1.selectbox("adapter", names, index=0)
     second = c2.selectbox("compare with", names, index=len(names) - 1)
-    common = [layer for layer in trained[first] if layer in trained[second]]
+    common = low_rank.shared_layers(trained[first], trained[second])
     if not common:
         st.warning(f"'{first}' and '{second}' adapt no layer in common: pick adapters with shared targets.")
     else:
         layer_name = st.selectbox("layer", common)
-        one, two = trained[first][layer_name], trained[second][layer_name]
+        compared = low_rank.compare_adapters(trained[first], trained[second], layer_name)
+        one, two = compared["spectra"]
         left, right = st.columns(2)
-        left.plotly_chart(viz.spectra({first: one["sv"], second: two["sv"]}, f"ΔW spectrum of {layer_name}"),
-                          width="stretch")
-        phi_trained = lc.subspace_similarity(one["A"], two["A"])
-        right.plotly_chart(viz.similarity_heatmap(phi_trained, first, second), width="stretch")
-        st.metric("φ over the top 1 direction", f"{float(phi_trained[0, 0]):.3f}")
+        left.plotly_chart(viz.spectra({first: one, second: two}, f"ΔW spectrum of {layer_name}"), width="stretch")
+        right.plotly_chart(viz.similarity_heatmap(compared["phi"], first, second), width="stretch")
+        st.metric("φ over the top 1 direction", f"{compared['phi_top1']:.3f}")

@@ -1,11 +1,15 @@
-"""Speed: a LoRA training step against its floor, the frozen base's own backward, measured."""
+"""Speed: a LoRA training step against its floor, the frozen base's own backward, measured.
 
-from dataclasses import replace
+Numbers come from lora_core.bench.report (shipped and quoted results) and lora_core.bench.run (the live
+button, timed in its own process so that it never changes this server's threads or random state).
+"""
 
 import streamlit as st
 
 import pages  # noqa: F401  (a page opened by its own link still runs through app.py)
-from lora_core import bench, bench_report, viz
+from lora_core import viz
+from lora_core.bench import cli, report, run
+from pages.common import last_good
 
 st.title("Speed: LoRA against its floor")
 st.caption("Every number here was measured by `python -m lora_core.bench`: one process, every variant warmed "
@@ -20,9 +24,9 @@ st.markdown(
 
 # --- 1. the shipped CPU measurement --------------------------------------------------------------------
 st.header("1. Measured here: a 2-core CPU")
-result = bench_report.shipped_result("cpu")
+result = report.shipped_result("cpu")
 if result is None:
-    st.warning("No shipped CPU result: run `python -m lora_core.bench --json > lora_core/bench_results/cpu.json`.")
+    st.warning(f"No shipped CPU result: run `python -m lora_core.bench --json > {report.RESULTS_PATH_HINT}cpu.json`.")
 else:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}×"
     m1, m2, m3, m4 = st.columns(4)
@@ -36,16 +40,16 @@ else:
     st.caption(f"{result['model']}; {result['device_name']}, {result['dtype']}, batch {result['batch']} × "
                f"seq {result['seq']}, torch {result['torch']}. Each time is the median of {result['repeats']} "
                f"interleaved steps, and the ratios are the medians over {result['runs']} runs in one process.")
-    focused = bench_report.shipped_result("cpu_c_attn_r8")
+    focused = report.shipped_result("cpu_c_attn_r8")
     if focused is not None:
         st.caption(f"Runs spread by a few percent, so {focused['default_case']} was also measured on its own with "
                    f"{focused['repeats']} steps per run: ours ÷ floor {fmt(focused['ours_vs_frozen'])}, PEFT ÷ floor "
                    f"{fmt(focused['peft_vs_frozen'])}, ours ÷ PEFT {fmt(focused['ours_vs_peft'])} (medians of "
                    f"{focused['runs']} runs). docs/performance.md has both measurements.")
-    modes = [m for m in bench_report.MODES if any(m in c["ms"] for c in result["cases"])]
+    modes = report.modes_in(result)
     mode = st.radio("steps", modes, horizontal=True, help="eager: PyTorch as written; compiled: torch.compile") \
         if len(modes) > 1 else modes[0]
-    rows = bench_report.case_rows(result, mode)
+    rows = report.case_rows(result, mode)
     st.plotly_chart(viz.step_time_bars(rows, f"ms per training step on the CPU ({mode}); × the floor"),
                     width="stretch")
     st.dataframe([{"case": r["case"], "trainable": r["trainable"], "ms / step": round(r["ms"], 1),
@@ -54,25 +58,22 @@ else:
 st.info("**No GPU measurement exists yet.** The task that built this page had no GPU, so nothing here was "
         "timed on one. On a CUDA machine, run:\n\n"
         "`python -m lora_core.bench --device cuda --dtype bf16 --batch 16 --seq 256 --runs 3 --compile "
-        "--cuda-graphs --json > lora_core/bench_results/cuda.json`", icon=":material/info:")
+        f"--cuda-graphs --json > {report.RESULTS_PATH_HINT}cuda.json`", icon=":material/info:")
 
 # --- 2. quoted reference numbers --------------------------------------------------------------------------
 st.header("2. For reference: an H100, measured elsewhere")
-st.markdown(f"These numbers are **quoted, not measured by LoRA Lab**: {bench_report.REFERENCE_H100['source']}. "
-            f"Setting: {bench_report.REFERENCE_H100['setting']}. Each ratio divides by the floor of the same mode, "
+st.markdown(f"These numbers are **quoted, not measured by LoRA Lab**: {report.REFERENCE_H100['source']}. "
+            f"Setting: {report.REFERENCE_H100['setting']}. Each ratio divides by the floor of the same mode, "
             "eager by eager and compiled by compiled.")
-ref = bench_report.reference_rows()
+ref = report.reference_rows()
 st.dataframe([{"case": r["case"], "mode": r["mode"], "ms / step": r["ms"],
                "× floor (same mode)": round(r["vs_frozen"], 2)} for r in ref], hide_index=True)
-by_case = {(r["case"], r["mode"]): r for r in ref}
-peft_eager, hand_compiled = by_case["PEFT c_attn r=8", "eager"], by_case["hand LoRA c_attn r=8", "compiled"]
-all_compiled, full_compiled = (by_case["hand LoRA c_attn+c_proj+c_fc r=8", "compiled"],
-                               by_case["full fine-tuning", "compiled"])
-st.markdown(f"Two things stand out. Eager PEFT costs {peft_eager['vs_frozen'] - 1:.0%} over the eager floor for "
-            f"c_attn r=8; a compiled hand-written LoRA costs {hand_compiled['vs_frozen'] - 1:.0%} over the compiled "
-            f"floor. And compiled LoRA on every linear layer ({all_compiled['ms']} ms) is no faster than compiled "
-            f"full fine-tuning ({full_compiled['ms']} ms) there: on an H100 the weight gradients LoRA saves are cheap, "
-            "while each of its 24 extra thin matmuls still costs a pass over the activations.")
+quoted = report.reference_highlights()
+st.markdown(f"Two things stand out. Eager PEFT costs {quoted['peft_eager_overhead']:.0%} over the eager floor for "
+            f"c_attn r=8; a compiled hand-written LoRA costs {quoted['hand_compiled_overhead']:.0%} over the compiled "
+            f"floor. And compiled LoRA on every linear layer ({quoted['all_linear_compiled_ms']} ms) is no faster than "
+            f"compiled full fine-tuning ({quoted['full_compiled_ms']} ms) there: on an H100 the weight gradients LoRA "
+            "saves are cheap, while each of its 24 extra thin matmuls still costs a pass over the activations.")
 
 # --- 3. memory rather than time --------------------------------------------------------------------------
 st.header("3. Why LoRA saves memory more than time")
@@ -87,28 +88,29 @@ st.markdown(
     "with scale: it is what lets a 7B model train on one GPU (QLoRA, arXiv 2305.14314). The bars below are "
     "the gradients and AdamW moments the benchmark's own optimizers held, measured from the tensors.")
 if result is not None:
-    st.plotly_chart(viz.train_state_bars(bench_report.case_rows(result), "Training state held per variant"),
+    st.plotly_chart(viz.train_state_bars(report.case_rows(result), "Training state held per variant"),
                     width="stretch")
-    saving = bench_report.state_saving(result)
+    saving = report.state_saving(result)
     if saving:
         st.caption(f"Full fine-tuning: {saving['full_mib']:,.0f} MiB of gradients and moments; "
                    f"ours {result['default_case']}: {saving['ours_mib']:,.2f} MiB, {saving['ratio']:,.0f}× less.")
 
 # --- 4. live ------------------------------------------------------------------------------------------------
 st.header("4. Run a small benchmark on this machine")
-st.markdown("Small shapes, c_attn r=8 only, one CPU thread: it takes about 10–20 s. With few repeats on a shared "
-            "machine the ratios move by several percent from run to run; the shipped numbers above used more.")
+st.markdown("Small shapes, c_attn r=8 only, one CPU thread, in a process of its own: it takes about 20–30 s. With "
+            "few repeats on a shared machine the ratios move by several percent from run to run; the shipped numbers "
+            "above used more.")
 c1, c2, c3 = st.columns(3)
-batch = c1.number_input("batch", min_value=1, max_value=8, value=bench.LIVE.batch)
-seq = c2.number_input("sequence length", min_value=4, max_value=128, value=bench.LIVE.seq)
-repeats = c3.number_input("timed steps per variant", min_value=1, max_value=15, value=bench.LIVE.repeats)
+batch = c1.number_input("batch", min_value=1, max_value=8, value=run.LIVE.batch)
+seq = c2.number_input("sequence length", min_value=4, max_value=128, value=run.LIVE.seq)
+repeats = c3.number_input("timed steps per variant", min_value=1, max_value=15, value=run.LIVE.repeats)
 if st.button("Run the benchmark", icon=":material/timer:"):
     with st.spinner("Timing frozen, ours, PEFT and full fine-tuning, interleaved…"):
-        st.session_state["speed:live"] = bench.run_benchmark(
-            replace(bench.LIVE, batch=int(batch), seq=int(seq), repeats=int(repeats)))
+        st.session_state["speed:live"] = last_good(
+            "speed:live", lambda: cli.live_benchmark(int(batch), int(seq), int(repeats)))
 live = st.session_state.get("speed:live")
 if live is not None:
-    rows = bench_report.case_rows(live)
+    rows = report.case_rows(live)
     st.plotly_chart(viz.step_time_bars(rows, f"This machine, now: batch {live['batch']} × seq {live['seq']}"),
                     width="stretch")
     st.dataframe([{"case": r["case"], "ms / step": round(r["ms"], 1), "× floor": round(r["vs_floor"], 3)}

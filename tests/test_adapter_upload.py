@@ -12,6 +12,7 @@ from safetensors.torch import load as load_st
 from safetensors.torch import save as save_st
 
 import lora_core as lc
+from lora_core import serve
 
 LIMIT = 1_000_000
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -65,10 +66,10 @@ def test_good_zip_loads_exactly_like_the_folder(make, kw, tmp_path, tokens):
     data = lc.adapter_zip(src)
     lc.save_adapter(src, tmp_path)
     target = make()
-    cfg, tensors = lc.read_adapter_upload(data, target, LIMIT, max_r=8)
+    cfg, tensors = serve.read_adapter_upload(data, target, LIMIT, max_r=8)
     assert not lc.lora_layers(target)                                # reading touches nothing
     assert cfg.r == kw["r"] and set(tensors) == set(lc.adapter_state_dict(src))
-    from_zip = lc.load_adapter_zip(target, data, LIMIT, max_r=8).eval()
+    from_zip = serve.load_adapter_zip(target, data, LIMIT, max_r=8).eval()
     from_dir = lc.load_adapter(make(), tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(from_zip(tokens).logits, from_dir(tokens).logits)
@@ -79,7 +80,7 @@ def test_peft_reads_the_same_zip(tmp_path, tokens):
     src = trained(tiny_gpt2, r=4, lora_alpha=8, target_modules=["c_attn"])
     zipfile.ZipFile(io.BytesIO(lc.adapter_zip(src))).extractall(tmp_path)
     theirs = PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()
-    ours = lc.load_adapter_zip(tiny_gpt2(), lc.adapter_zip(src), LIMIT).eval()
+    ours = serve.load_adapter_zip(tiny_gpt2(), lc.adapter_zip(src), LIMIT).eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, rtol=1e-5, atol=1e-5)
 
@@ -156,7 +157,7 @@ def test_each_bad_upload_is_a_value_error_that_names_the_problem(good, case):
     data = upload if isinstance(upload, bytes) else make_zip(upload)
     model = tiny_gpt2()
     with pytest.raises(ValueError) as err:
-        lc.load_adapter_zip(model, data, LIMIT, max_r=256)
+        serve.load_adapter_zip(model, data, LIMIT, max_r=256)
     assert message in str(err.value), str(err.value)
     assert not lc.lora_layers(model) and not hasattr(model, "lora_config")   # nothing was touched
 
@@ -167,11 +168,11 @@ def test_every_case_is_listed(good):
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_a_bad_upload_keeps_the_adapter_already_loaded(good, tokens):
-    model = lc.load_adapter_zip(tiny_gpt2(), make_zip(good), LIMIT).eval()
+    model = serve.load_adapter_zip(tiny_gpt2(), make_zip(good), LIMIT).eval()
     with torch.no_grad():
         before = model(tokens).logits
         for case in ("nan", "wrong shape", "missing tensor"):
             upload, _ = bad_cases(good)[case]
             with pytest.raises(ValueError):
-                lc.load_adapter_zip(model, upload, LIMIT)
+                serve.load_adapter_zip(model, upload, LIMIT)
         assert torch.equal(model(tokens).logits, before)

@@ -1,4 +1,4 @@
-"""lora_core.anatomy and lora_core.peft_check: the numbers the Parameters and Anatomy pages show."""
+"""lora_core.teach.anatomy and lora_core.teach.peft_reference: the numbers the Parameters and Anatomy pages show."""
 
 import dataclasses
 
@@ -10,7 +10,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 
 import lora_core as lc
-from lora_core import anatomy
+from lora_core.teach import anatomy, peft_reference
 
 
 # --- dropout ---------------------------------------------------------------------------------------------
@@ -23,6 +23,18 @@ def test_dropout_zeroes_the_branch_input_only_in_train_mode():
     assert not t["A_changed"] and not t["B_changed"]
     assert t["kept_scale"] == pytest.approx(1 / 0.75, rel=1e-5)   # inverted dropout
     assert [p["name"] for p in t["panels"]][1] == "dropout(x) → lora_A"
+
+
+def test_traces_draw_from_their_own_generator_only(monkeypatch):
+    layer = nn.Linear(24, 40)                        # built (and drawn) before the state is read
+    monkeypatch.setattr(torch, "manual_seed", lambda *a: pytest.fail("torch.manual_seed reseeds every session"))
+    state = torch.get_rng_state()
+    first, again = anatomy.trace_dropout(p=0.3, seed=1), anatomy.trace_dropout(p=0.3, seed=1)
+    assert first["panels"] == again["panels"]                                 # the seed decides the mask
+    assert first["panels"] != anatomy.trace_dropout(p=0.3, seed=2)["panels"]
+    assert anatomy.init_gallery(layer, r=4)["rows"] == anatomy.init_gallery(layer, r=4)["rows"]
+    anatomy.compare_notations(32, 48, r=4, lora_alpha=8)
+    assert torch.equal(torch.get_rng_state(), state)                          # the global RNG was not drawn
 
 
 def test_dropout_does_nothing_in_eval_or_at_p0():
@@ -50,7 +62,7 @@ def test_peft_also_drops_the_branch_input_not_a_or_b():
 @pytest.mark.parametrize("make", [lambda: nn.Linear(24, 40), lambda: tiny_gpt2().transformer.h[0].attn.c_attn],
                          ids=["Linear", "Conv1D"])
 def test_init_gallery_numbers(make):
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # nn.Linear draws its init from the global RNG
     layer = make()
     before = layer.weight.detach().clone()
     g = anatomy.init_gallery(layer, r=4, lora_alpha=8)
@@ -103,27 +115,29 @@ def test_block_tree_marks_what_the_config_matches():
 
 
 # --- counts ------------------------------------------------------------------------------------------------
-PEFT_CASES = [
-    ("distilgpt2", dict(r=8, lora_alpha=16, target_modules=["c_attn"])),
-    ("distilgpt2", dict(r=4, target_modules="all-linear", bias="all")),
-    ("distilgpt2", dict(r=8, target_modules=["c_attn", "c_proj"], bias="lora_only", modules_to_save=["lm_head"])),
-    ("distilgpt2", dict(r=16, target_modules=["c_fc"], layers_to_transform=[1, 3])),
-    ("distilgpt2", dict(r=2, target_modules=r".*\.attn\.c_proj", init_lora_weights="pissa")),
-    ("SmolLM2-135M", dict(r=8, target_modules=None)),
-    ("SmolLM2-135M", dict(r=32, target_modules="all-linear", use_rslora=True, task_type="CAUSAL_LM")),
-]
+PEFT_CASES = {  # id: (shipped config, LoraConfig)
+    "distilgpt2-c_attn-r8": ("distilgpt2", dict(r=8, lora_alpha=16, target_modules=["c_attn"])),
+    "distilgpt2-all_linear-bias_all": ("distilgpt2", dict(r=4, target_modules="all-linear", bias="all")),
+    "distilgpt2-attn-bias_lora_only-saved_lm_head": ("distilgpt2", dict(r=8, target_modules=["c_attn", "c_proj"],
+                                                                        bias="lora_only", modules_to_save=["lm_head"])),
+    "distilgpt2-c_fc-layers_1_3": ("distilgpt2", dict(r=16, target_modules=["c_fc"], layers_to_transform=[1, 3])),
+    "distilgpt2-regex-pissa": ("distilgpt2", dict(r=2, target_modules=r".*\.attn\.c_proj", init_lora_weights="pissa")),
+    "SmolLM2-default_targets": ("SmolLM2-135M", dict(r=8, target_modules=None)),
+    "SmolLM2-all_linear-r32-rslora": ("SmolLM2-135M", dict(r=32, target_modules="all-linear", use_rslora=True,
+                                                           task_type="CAUSAL_LM")),
+}
 
 
-@pytest.mark.parametrize("model,kw", PEFT_CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(PEFT_CASES)])
+@pytest.mark.parametrize("model,kw", PEFT_CASES.values(), ids=PEFT_CASES.keys())
 def test_peft_reference_count_equals_our_ledger(model, kw):
     cfg = lc.LoraConfig(**kw)
     ours = lc.count_lora_parameters(model, cfg)
-    assert lc.peft_reference_count(model, cfg) == (ours.trainable, ours.total)
+    assert peft_reference.peft_reference_count(model, cfg) == (ours.trainable, ours.total)
 
 
 def test_peft_reference_count_of_the_seed_config():
     cfg = lc.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], lora_dropout=0.1, task_type="CAUSAL_LM")
-    assert lc.peft_line(*lc.peft_reference_count("distilgpt2", cfg)) == \
+    assert lc.peft_line(*peft_reference.peft_reference_count("distilgpt2", cfg)) == \
         "trainable params: 147,456 || all params: 82,060,032 || trainable%: 0.1797"
 
 

@@ -5,43 +5,23 @@ The sweep covers every place a page takes a LoRA setting, a dataset or a prompt:
 binary, not UTF-8, over the size limit), a prompt longer than the model reads, a learning rate that
 makes the loss NaN, and a run stopped and left for another page. r = 0 cannot be entered anywhere:
 every rank widget is a slider from 1 or a number input with min_value=1. The Scaling and Rank/SVD
-pages' alpha and rank errors are pinned in test_page_rank_scaling.py. The same uploads and the long
-prompt go through a real browser in test_room.py.
+pages' alpha and rank errors are pinned in test_page_rank_svd.py and test_page_scaling.py; the core rules
+behind the long-prompt and diverged-run messages in test_train.py and test_live.py. The same uploads and the
+long prompt go through a real browser in test_room.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-import torch
-from conftest import tiny_gpt2
+from conftest import errors, metrics
 from streamlit.testing.v1 import AppTest
 
-import lora_core as lc
-from lora_core.live import LiveRun
-from lora_core.settings import load_settings
+from lora_core.serve.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 300  # torch pages, on a shared 2-core machine
 DEFAULT_LINE = "trainable params: 147,456 || all params: 82,060,032 || trainable%: 0.1797"
 TOO_BIG = load_settings().max_upload_bytes + 1
-
-
-def _page(name: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _errors(at: AppTest) -> str:
-    return "\n".join(e.value for e in at.error)
-
-
-def _metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
 
 
 def _number(at: AppTest, label: str):
@@ -58,24 +38,24 @@ def _button(at: AppTest, label: str):
     (lambda at: at.multiselect[0].set_value([]), "target_modules=[] is not allowed: give at least one"),
     (lambda at: at.text_input[0].set_value("("), "target_modules='(' is not allowed: not a valid regular expr"),
 ], ids=["alpha=0", "no target", "bad regex"])
-def test_parameters_page_refuses_a_bad_config_and_keeps_the_last_ledger(change: Callable, message: str):
-    at = _page("parameters.py")
+def test_parameters_page_refuses_a_bad_config_and_keeps_the_last_ledger(app_page, change: Callable, message: str):
+    at = app_page("parameters")
     change(at).run()
     assert not at.exception
-    assert message in _errors(at)
+    assert message in errors(at)
     assert DEFAULT_LINE in [c.value for c in at.code]
     assert any("last valid settings" in c.value for c in at.caption)
 
 
-def test_parameters_page_refuses_r_larger_than_the_matrix():
-    at = _page("parameters.py")
+def test_parameters_page_refuses_r_larger_than_the_matrix(app_page):
+    at = app_page("parameters")
     at.selectbox[0].set_value("SmolLM2-135M").run()
     at.multiselect[0].set_value(["k_proj"]).run()                 # 576 → 192 (grouped-query attention)
-    assert _metrics(at)["trainable"] == "184,320"                 # 30 × 8·(576 + 192)
+    assert metrics(at)["trainable"] == "184,320"                 # 30 × 8·(576 + 192)
     at.select_slider[0].set_value(256).run()
     assert not at.exception
-    assert "r=256 is too large for 'model.layers.0.self_attn.k_proj' (576→192)" in _errors(at)
-    assert _metrics(at)["trainable"] == "184,320"
+    assert "r=256 is too large for 'model.layers.0.self_attn.k_proj' (576→192)" in errors(at)
+    assert metrics(at)["trainable"] == "184,320"
 
 
 # --- the Anatomy page ---------------------------------------------------------------------------------
@@ -84,13 +64,13 @@ def test_parameters_page_refuses_r_larger_than_the_matrix():
     (lambda at: at.multiselect[0].set_value([]), "target_modules=[] is not allowed"),
     (lambda at: at.text_input[0].set_value("no_such_layer"), "target_modules='no_such_layer' matches no module"),
 ], ids=["alpha=0", "no target", "regex matching nothing"])
-def test_anatomy_page_refuses_a_bad_config_and_keeps_drawing(change: Callable, message: str):
-    at = _page("anatomy.py")
-    good = _metrics(at)
+def test_anatomy_page_refuses_a_bad_config_and_keeps_drawing(app_page, change: Callable, message: str):
+    at = app_page("anatomy")
+    good = metrics(at)
     change(at).run()
     assert not at.exception                       # alpha=0 and a regex matching nothing used to raise here
-    assert message in _errors(at)
-    assert _metrics(at) == good                   # every section still shows the last valid settings
+    assert message in errors(at)
+    assert metrics(at) == good                   # every section still shows the last valid settings
 
 
 # --- the QLoRA page's memory estimator -----------------------------------------------------------------
@@ -98,14 +78,14 @@ def test_anatomy_page_refuses_a_bad_config_and_keeps_drawing(change: Callable, m
     ("qlora_r", 100_000, "r=100000 is too large for 'model.layers.0.self_attn.q_proj' (4096→4096)"),
     ("qlora_targets", "q_proj,,", "target_modules=['q_proj', '', ''] is not allowed"),
 ], ids=["r larger than the matrix", "empty target name"])
-def test_qlora_estimator_refuses_bad_values_and_keeps_the_estimate(key: str, value, message: str):
-    at = _page("qlora.py")
-    good = _metrics(at)["trainable parameters"]
+def test_qlora_estimator_refuses_bad_values_and_keeps_the_estimate(app_page, key: str, value, message: str):
+    at = app_page("qlora")
+    good = metrics(at)["trainable parameters"]
     widget = at.number_input(key=key) if key == "qlora_r" else at.text_input(key=key)
     widget.set_value(value).run()
     assert not at.exception
-    assert message in _errors(at)
-    assert _metrics(at)["trainable parameters"] == good
+    assert message in errors(at)
+    assert metrics(at)["trainable parameters"] == good
 
 
 # --- the Fine-tuning page: refused before anything starts ------------------------------------------------
@@ -132,14 +112,14 @@ FINETUNE_CASES = {
 
 
 @pytest.mark.parametrize("case", FINETUNE_CASES)
-def test_finetune_page_refuses_bad_config_and_bad_uploads_before_starting(case: str):
+def test_finetune_page_refuses_bad_config_and_bad_uploads_before_starting(app_page, case: str):
     change, message = FINETUNE_CASES[case]
-    at = _page("finetune.py")
+    at = app_page("finetune")
     at.selectbox[0].set_value("distilgpt2-random").run()
     change(at)
     at.button[0].click().run()                                   # the form's "Start training"
     assert not at.exception
-    assert message in _errors(at)
+    assert message in errors(at)
     assert "finetune:run" not in at.session_state
     assert "No run yet" in at.info[0].value
 
@@ -154,15 +134,13 @@ def _configure(at: AppTest, steps: int, lr: float = 2e-3) -> None:
 
 
 @pytest.mark.slow
-def test_a_stopped_run_survives_a_page_switch_a_long_prompt_a_bad_upload_and_a_diverging_lr():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page("pages/finetune.py").run()
+def test_a_stopped_run_survives_a_page_switch_a_long_prompt_a_bad_upload_and_a_diverging_lr(app_page):
+    at = app_page("finetune")
     _configure(at, steps=500)
     at.button[0].click().run()
     at.run()                                                     # a tick of training
     _button(at, "Stop").click().run()
-    stopped = _metrics(at)
+    stopped = metrics(at)
     assert "held-out BLEU (0–100)" in stopped and not at.exception
     label = f"distilgpt2-random r=8 ({stopped['step'].split(' / ')[0]} steps)"
     assert list(at.session_state["trained_adapters"]) == [label]
@@ -171,7 +149,7 @@ def test_a_stopped_run_survives_a_page_switch_a_long_prompt_a_bad_upload_and_a_d
     at.switch_page("pages/parameters.py").run()
     at.switch_page("pages/finetune.py").run()
     assert not at.exception
-    assert _metrics(at) == stopped
+    assert metrics(at) == stopped
     assert "status: stopped" in at.get("progress")[0].proto.text
     assert list(at.session_state["trained_adapters"]) == [label]  # not relabelled with the reset selectbox
 
@@ -179,14 +157,14 @@ def test_a_stopped_run_survives_a_page_switch_a_long_prompt_a_bad_upload_and_a_d
     at.text_input[0].set_value("tell me more " * 400)
     _button(at, "Generate both ways").click().run()
     assert not at.exception
-    assert "reads at most 1,024 positions" in _errors(at) and "prompt has 1,201 tokens" in _errors(at)
-    assert _metrics(at) == stopped
+    assert "reads at most 1,024 positions" in errors(at) and "prompt has 1,201 tokens" in errors(at)
+    assert metrics(at) == stopped
 
     # A bad upload while the results are on screen.
     _upload("empty.jsonl", b"")(at)
     at.button[0].click().run()
-    assert not at.exception and "uploaded file is empty" in _errors(at)
-    assert _metrics(at) == stopped
+    assert not at.exception and "uploaded file is empty" in errors(at)
+    assert metrics(at) == stopped
 
     # A learning rate that makes the loss NaN: a clear message, the restored adapter measured, no crash.
     _configure(at, steps=20, lr=1e20)
@@ -198,39 +176,7 @@ def test_a_stopped_run_survives_a_page_switch_a_long_prompt_a_bad_upload_and_a_d
         at.run()
     assert not at.exception, at.exception
     assert at.session_state["finetune:run"].status == "diverged"
-    assert "the loss became nan at step" in _errors(at) and "(lr=1e+20)" in _errors(at)
+    assert "the loss became nan at step" in errors(at) and "(lr=1e+20)" in errors(at)
     assert any("lower the **learning rate**" in c.value for c in at.caption)
-    assert "held-out BLEU (0–100)" in _metrics(at)                # the results of the restored adapter
+    assert "held-out BLEU (0–100)" in metrics(at)                # the results of the restored adapter
     assert label in at.session_state["trained_adapters"]         # the earlier adapter is still there
-
-
-# --- the core rules behind two of the messages ------------------------------------------------------------
-@pytest.fixture
-def tiny():
-    tok = lc.gpt2_tokenizer()
-    model = tiny_gpt2()                                          # n_positions=32
-    model.resize_token_embeddings(len(tok))
-    return model.eval(), tok
-
-
-def test_generate_refuses_a_prompt_longer_than_the_model_reads(tiny):
-    model, tok = tiny
-    with pytest.raises(ValueError, match=r"prompt has 30 tokens: this model reads at most 32 positions, so with "
-                                         r"max_new_tokens=8 a prompt may have at most 24 tokens"):
-        lc.generate(model, tok, [("tell me more " * 10).strip()], max_new_tokens=8)
-    assert len(lc.generate(model, tok, [("tell me more " * 8).strip()], max_new_tokens=8)) == 1  # 24 + 8 = 32
-
-
-def test_a_diverged_run_is_measured_like_a_stopped_one(tiny):
-    model, tok = tiny
-    data = lc.Dataset.from_pairs([(f"User likes topic {i}.", f"I recommend 'Video {i % 5}'") for i in range(20)])
-    run = LiveRun.start(model, tok, data, lc.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"]),
-                        lc.TrainConfig(steps=6, batch_size=4, seq_len=24), eval_limit=2, probe_every=2)
-    run.advance(seconds=0.0)
-    _, layer = lc.lora_layers(run.model)[0]
-    with torch.no_grad():
-        layer.lora_B.weight.fill_(float("inf"))                  # what a runaway learning rate ends in
-    run.advance(seconds=0.0)
-    assert run.status == "diverged" and "restored" in run.message
-    assert {"ppl_general", "bleu", "heldout_loss"} <= set(run.after)  # the page's results section needs these
-    assert torch.isfinite(layer.lora_B.weight).all()

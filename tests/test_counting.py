@@ -55,7 +55,8 @@ def test_bias_modes_and_modules_to_save():
     assert saved.total == none.total + 50257 * 768
 
 
-@pytest.mark.parametrize("targets", [["c_attn"], ["c_attn", "c_proj", "c_fc"], "all-linear"])
+@pytest.mark.parametrize("targets", [["c_attn"], ["c_attn", "c_proj", "c_fc"], "all-linear"],
+                         ids=["c_attn", "c_attn-c_proj-c_fc", "all-linear"])
 def test_ledger_matches_peft_on_random_distilgpt2_shapes(targets):
     model = lc.build_on_meta("distilgpt2")
     theirs = get_peft_model(model, PeftLoraConfig(r=8, target_modules=targets))

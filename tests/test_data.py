@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from lora_core.data import DATA_DIR, Dataset, general_english, load_dataset, load_jsonl
-from lora_core.datasets import make_datasets
+from lora_core.training.data import DATA_DIR, Dataset, general_english, load_dataset, load_jsonl
+from lora_core.training.datasets import make_datasets
 
 
 def _parse(prompt: str) -> tuple[str, str]:
@@ -102,7 +102,8 @@ def test_upload_accepts_bytes_with_bom_blank_lines_and_extra_fields():
     (b'{"prompt": "", "completion": "b"}', "line 1: field 'prompt' is ''"),
     (b'{"prompt": 3, "completion": "b"}', "field 'prompt' is 3"),
     (('{"prompt": "a", "completion": "' + "x" * 2001 + '"}').encode(), "2001 characters"),
-])
+], ids=["empty", "only-whitespace", "latin-1", "truncated-json", "a-list", "no-completion", "empty-prompt",
+        "prompt-a-number", "completion-too-long"])
 def test_upload_rejects_bad_files_with_a_clear_message(raw, message):
     with pytest.raises(ValueError, match=message):
         load_jsonl(raw)

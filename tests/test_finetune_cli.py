@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GPT2_TOKENS, tiny_gpt2
 
 import lora_core as lc
 
@@ -66,3 +67,34 @@ def test_cli_runs_on_distilgpt2_random_and_rejects_bad_arguments(tmp_path):
     assert bad.returncode == 2 and "r=0 is not allowed" in bad.stderr
     bad = run_cli("--lr", "-1", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "lr=-1.0 is not allowed" in bad.stderr
+
+
+def test_the_seed_fixes_the_adapter_whatever_the_global_rng_holds(tmp_path, monkeypatch):
+    # main() in this process on a tiny GPT-2 (dropout 0.1 on): --seed 5 twice, from different global
+    # RNG states, and --seed 6 once.
+    from safetensors.torch import load_file
+
+    from lora_core.training import finetune
+
+    def tiny(name, device=None):  # every run starts from the same tiny base (seed 0)
+        model = tiny_gpt2(n_layer=1, n_embd=16, n_positions=64, pad_token_id=50256, **GPT2_TOKENS)
+        return model, lc.models.gpt2_tokenizer()
+
+    monkeypatch.setattr(finetune, "load_model", tiny)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"User likes topic {i}.", "completion": f"I recommend 'Video {i}'"})
+                            + "\n" for i in range(12)))
+    reseeded = []
+    monkeypatch.setattr(torch, "manual_seed", lambda *a, **k: reseeded.append(a))  # the CLI must not reseed
+    adapters = {}
+    for run, seed, global_seed in (("a", 5, 0), ("b", 5, 99), ("c", 6, 0)):
+        torch.set_rng_state(torch.Generator().manual_seed(global_seed).get_state())  # whatever the caller had
+        args = ["--model", "tiny", "--data", str(data), "--r", "2", "--steps", "2", "--batch-size", "4",
+                "--seq-len", "24", "--eval-limit", "1", "--max-new-tokens", "2", "--samples", "1",
+                "--seed", str(seed), "--device", "cpu", "--out", str(tmp_path / run)]
+        assert finetune.main(args) == 0
+        adapters[run] = load_file(tmp_path / run / "adapter_model.safetensors")
+    assert reseeded == []
+    assert adapters["a"].keys() == adapters["b"].keys()
+    assert all(torch.equal(t, adapters["b"][k]) for k, t in adapters["a"].items())  # the global state plays no part
+    assert any(not torch.equal(t, adapters["c"][k]) for k, t in adapters["a"].items())

@@ -219,3 +219,61 @@ def test_sessions_share_the_frozen_base_but_never_write_it(tokens):
     with torch.no_grad():
         torch.testing.assert_close(base(tokens).logits, base_logits)
         torch.testing.assert_close(two(tokens).logits, two_logits, rtol=1e-4, atol=1e-4)
+
+
+# --- a local generator: seeded factors, the global RNG untouched -----------------------------------
+def conv_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+
+
+GENERATOR_CASES = {
+    "gpt2-conv1d-embedding": (tiny_gpt2, ["c_attn", "wte"]),
+    "llama-linear": (tiny_llama, "all-linear"),
+    "conv2d": (conv_net, ["0", "2"]),
+}
+
+
+def _factors(make, targets, init, seed) -> dict[str, torch.Tensor]:
+    model = make()
+    lc.inject_lora(model, lc.LoraConfig(r=2, target_modules=targets, init_lora_weights=init),
+                   generator=torch.Generator().manual_seed(seed))
+    return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
+
+
+@pytest.mark.parametrize("init", [True, False, "gaussian"], ids=["kaiming", "random-b", "gaussian"])
+@pytest.mark.parametrize("make,targets", GENERATOR_CASES.values(), ids=GENERATOR_CASES.keys())
+def test_a_generator_seeds_the_factors_and_leaves_the_global_rng_alone(make, targets, init):
+    models = [make() for _ in range(3)]  # built before the state is read: conv_net draws from the global RNG
+    state = torch.get_rng_state()
+    runs = []
+    for model, seed in zip(models, (3, 3, 4), strict=True):
+        lc.inject_lora(model, lc.LoraConfig(r=2, target_modules=targets, init_lora_weights=init),
+                       generator=torch.Generator().manual_seed(seed))
+        runs.append({n: p.detach() for n, p in model.named_parameters() if ".lora_" in n})
+    assert torch.equal(torch.get_rng_state(), state)               # not one draw from the global stream
+    assert runs[0].keys() == runs[1].keys() and all(torch.equal(t, runs[1][n]) for n, t in runs[0].items())
+    assert any(not torch.equal(t, runs[2][n]) for n, t in runs[0].items())
+    assert all(torch.isfinite(t).all() for t in runs[0].values())  # every factor was filled, none left empty
+
+
+def test_a_generator_gives_the_init_each_mode_promises():
+    model = tiny_llama()
+    lc.inject_lora(model, lc.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
+                   generator=torch.Generator().manual_seed(0))
+    _, layer = lc.lora_layers(model)[0]
+    A, B = layer.lora_A.weight, layer.lora_B.weight                 # nn.Linear's Kaiming: |w| <= 1/sqrt(fan_in)
+    assert 0 < float(A.abs().max()) <= 32 ** -0.5 and 0 < float(B.abs().max()) <= 4 ** -0.5
+    emb = tiny_gpt2()
+    lc.inject_lora(emb, lc.LoraConfig(r=4, target_modules=["wte"]), generator=torch.Generator().manual_seed(0))
+    _, layer = lc.lora_layers(emb)[0]
+    assert float(layer.lora_A.weight.abs().sum()) == 0 and float(layer.lora_B.weight.std()) > 0.5  # A 0, B N(0, 1)
+    pissa = [_factors(tiny_gpt2, ["c_attn"], "pissa", seed) for seed in (0, 1)]  # an SVD: nothing random
+    assert all(torch.equal(t, pissa[1][n]) for n, t in pissa[0].items())
+
+
+def test_a_generator_fills_float64_factors_through_a_cpu_draw():
+    model = tiny_llama().to(torch.float64)
+    lc.inject_lora(model, lc.LoraConfig(r=2, target_modules=["q_proj"]), generator=torch.Generator().manual_seed(0))
+    _, layer = lc.lora_layers(model)[0]
+    assert layer.lora_A.weight.dtype == torch.float64 and float(layer.lora_A.weight.abs().sum()) > 0

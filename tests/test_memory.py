@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from lora_core import memory, quant
-from lora_core.models import CONFIG_DIR
+from lora_core.models.sources import CONFIG_DIR
+from lora_core.quant import codebook, memory
 
 LLAMA = json.loads((CONFIG_DIR / "Llama-2-7b.json").read_text())
 H, F, L, V, A = (LLAMA[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
@@ -32,7 +32,7 @@ def test_qlora_weights_are_nf4_plus_the_unquantized_rest_plus_fp32_adapters():
     est = seed()
     assert est.weights == LINEAR // 2 + (P - LINEAR) * 2 + T_QV_64 * 4
     assert est.quant_constants == LINEAR * 0.5 / 8                   # no double quantization in seed 002
-    assert seed(double_quant=True).quant_constants == round(LINEAR * quant.constant_bits_per_param(64, True) / 8)
+    assert seed(double_quant=True).quant_constants == round(LINEAR * codebook.constant_bits_per_param(64, True) / 8)
     assert est.gradients == T_QV_64 * 4 and est.optimizer == T_QV_64 * 8
 
 
@@ -120,7 +120,8 @@ def test_warm_estimate_is_fast():
     ({"batch_size": 0}, "batch_size"), ({"seq_len": -1}, "seq_len"), ({"r": 0}, "r"),
     ({"lora_dropout": 1.0}, "lora_dropout"), ({"quant_block_size": 0}, "quant_block_size"),
     ({"target_modules": []}, "target_modules"),
-])
+], ids=["method=half", "weight_dtype=int8", "optimizer=adam", "batch_size=0", "seq_len=-1", "r=0", "lora_dropout=1.0",
+        "quant_block_size=0", "target_modules=[]"])
 def test_bad_config_names_the_field(kw, field):
     with pytest.raises(ValueError, match=rf"^{field}="):
         memory.MemoryConfig(**kw)

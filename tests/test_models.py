@@ -1,16 +1,21 @@
-"""Tests for lora_core.models and lora_core.device (offline, CPU)."""
+"""lora_core.models: shipped configs on the meta device, the seeded random distilgpt2, SmolLM2 and distilgpt2
+from the local cache, all offline on the CPU."""
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import GPT2_TOKENS, tiny_gpt2
 
-from lora_core import models
-from lora_core.device import autocast, describe_device, pick_device
-from lora_core.models import (
+from lora_core.models import sources
+from lora_core.models.sources import (
     ModelUnavailableError,
     available_configs,
     build_on_meta,
@@ -125,15 +130,48 @@ def test_distilgpt2_random_is_deterministic_and_keeps_global_rng():
         assert torch.equal(pa, pb), name
 
 
+def _fingerprint(model) -> str:
+    """A hash of every weight's bytes (a float sum would depend on the thread count)."""
+    return hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+
+
+def test_distilgpt2_random_never_sets_the_global_rng_and_has_gpt2_s_init(monkeypatch):
+    def refuse(*_, **__):
+        raise AssertionError("building the random model must not set torch's global generator")
+
+    state = torch.get_rng_state()
+    with monkeypatch.context() as m:  # not even for a moment: fork_rng would, and another thread may be drawing
+        for name in ("manual_seed", "set_rng_state", "seed"):
+            m.setattr(torch, name, refuse)
+        m.setattr(torch.random, "fork_rng", refuse)
+        model, _ = load_model("distilgpt2-random", device="cpu")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert model.lm_head.weight is model.transformer.wte.weight   # tied, as from_config ties it
+    block = model.transformer.h[0]
+    assert float(block.attn.c_attn.weight.std()) == pytest.approx(0.02, rel=0.02)
+    assert float(block.mlp.c_proj.weight.std()) == pytest.approx(0.02 / 12 ** 0.5, rel=0.02)  # 1/sqrt(2 n_layer)
+    assert torch.equal(block.ln_1.weight, torch.ones(768)) and not block.attn.c_attn.bias.any()
+
+
+@pytest.mark.slow
+def test_distilgpt2_random_is_the_same_in_another_process():
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_models import _fingerprint; "
+            "from lora_core.models.sources import load_model; "
+            "print(_fingerprint(load_model('distilgpt2-random', device='cpu')[0]))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == _fingerprint(load_model("distilgpt2-random", device="cpu")[0])
+
+
 def test_gpt2_tokenizer_is_cached():
-    assert models.gpt2_tokenizer() is models.gpt2_tokenizer()
-    assert models.gpt2_tokenizer().decode([15496, 995]) == "Hello world"
+    assert sources.gpt2_tokenizer() is sources.gpt2_tokenizer()
+    assert sources.gpt2_tokenizer().decode([15496, 995]) == "Hello world"
 
 
 def test_load_local_directory_and_dtype(models_root):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2))
+    tiny = tiny_gpt2(n_layer=1, **GPT2_TOKENS)
     tiny.save_pretrained(models_root / "tiny")  # no tokenizer files: GPT-2 BPE fallback
     model, tok = load_model(str(models_root / "tiny"), device="cpu", dtype="bfloat16")
     assert model.dtype == torch.bfloat16 and not model.training
@@ -168,7 +206,7 @@ def test_smollm2_is_pretrained(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_cache_and_source_info(smollm2):
-    cached = models.cache_dir() / "smollm2-135m"
+    cached = sources.cache_dir() / "smollm2-135m"
     assert (cached / "model.safetensors").is_file()
     assert (cached / "tokenizer.json").is_file()
     info = source_info("smollm2-135m")
@@ -191,69 +229,28 @@ def test_distilgpt2_offline_fails_fast(monkeypatch, tmp_path):
     msg = str(err.value)
     assert "HF_HOME" in msg and "smollm2-135m" in msg and "distilgpt2-random" in msg
     assert not source_info("distilgpt2").available
-    assert models.default_model_name() == "smollm2-135m"
+    assert sources.default_model_name() == "smollm2-135m"
 
 
 def test_distilgpt2_from_hf_cache_layout(monkeypatch, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     # Mimic huggingface_hub's cache layout: refs/main -> snapshots/<commit>/.
     repo = tmp_path / "hub" / "models--distilbert--distilgpt2"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
-    tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2))
+    tiny = tiny_gpt2(n_layer=1, **GPT2_TOKENS)
     tiny.save_pretrained(repo / "snapshots" / "abc123")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     for var in ("HF_HUB_CACHE", "LORA_LAB_DISTILGPT2"):
         monkeypatch.delenv(var, raising=False)
     assert source_info("distilgpt2").available
-    assert models.default_model_name() == "distilgpt2"
+    assert sources.default_model_name() == "distilgpt2"
     model, tok = load_model("distilgpt2", device="cpu")
     assert model.config.n_layer == 1 and tok("Hello world")["input_ids"] == [15496, 995]
 
 
 def test_distilgpt2_from_env_directory(monkeypatch, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)).save_pretrained(tmp_path)
+    tiny_gpt2(n_layer=1, **GPT2_TOKENS).save_pretrained(tmp_path)
     monkeypatch.setenv("LORA_LAB_DISTILGPT2", str(tmp_path))
     assert source_info("distilgpt2").available
     model, tok = load_model("distilgpt2", device="cpu")
     assert model.config.n_embd == 32 and tok.pad_token == "<|endoftext|>"
-
-
-# ------------------------------------------------------------- device ---
-
-
-def test_pick_device_defaults_and_env(monkeypatch):
-    monkeypatch.delenv("LORA_LAB_DEVICE", raising=False)
-    assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device().type in {"cuda", "mps", "cpu"}
-    monkeypatch.setenv("LORA_LAB_DEVICE", "cpu")
-    assert pick_device() == torch.device("cpu")
-
-
-def test_pick_device_errors(monkeypatch):
-    with pytest.raises(ValueError, match=r"device.*'tpu'.*allowed"):
-        pick_device("tpu")
-    monkeypatch.setenv("LORA_LAB_DEVICE", "quantum")
-    with pytest.raises(ValueError, match=r"device.*'quantum'"):
-        pick_device()
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"device.*'cuda'.*available: .*cpu"):
-            pick_device("cuda")
-
-
-def test_autocast_and_describe_cpu():
-    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
-    assert describe_device("cpu").startswith("CPU (")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_device_autocast_and_describe():
-    device = pick_device("auto")
-    assert device.type == "cuda" and describe_device(device).startswith("CUDA: ")
-    with autocast(device):
-        out = torch.ones(4, 4, device=device) @ torch.ones(4, 4, device=device)
-    assert out.dtype == torch.bfloat16

@@ -2,44 +2,15 @@
 
 import io
 import zipfile
-from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-import torch
-from streamlit.testing.v1 import AppTest
+from conftest import metrics
 
 import lora_core as lc
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
 
-
-@pytest.fixture(scope="module")
-def adapter_zip() -> bytes:
-    """A non-zero r=4 c_attn adapter on distilgpt2-random: the page's offline base."""
-    model, _ = lc.load_model("distilgpt2-random", device="cpu")
-    torch.manual_seed(0)
-    lc.inject_lora(model, lc.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], init_lora_weights="gaussian"))
-    with torch.no_grad():
-        for _, layer in lc.lora_layers(model):
-            layer.lora_B.weight.normal_(0, 0.05)
-    return lc.adapter_zip(model)
-
-
-def page() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.switch_page("pages/adapters.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def test_adapter_page_loads_a_good_zip_then_keeps_it_through_a_bad_one(adapter_zip):
-    at = page()
+def test_adapter_page_loads_a_good_zip_then_keeps_it_through_a_bad_one(app_page, adapter_zip):
+    at = app_page("adapters")
     assert "No adapter loaded yet" in at.info[0].value
     at.selectbox[0].set_value("distilgpt2-random").run()
     at.file_uploader[0].set_value(("lora.zip", adapter_zip, "application/zip")).run()
@@ -63,8 +34,8 @@ def test_adapter_page_loads_a_good_zip_then_keeps_it_through_a_bad_one(adapter_z
     assert "**base model:**" in shown and "**with the adapter:**" in shown
 
 
-def test_adapter_page_names_a_misfit_inline(adapter_zip):
-    at = page()
+def test_adapter_page_names_a_misfit_inline(app_page, adapter_zip):
+    at = app_page("adapters")
     at.selectbox[0].set_value("smollm2-135m").run()                          # a GPT-2 adapter on a Llama base
     at.file_uploader[0].set_value(("lora.zip", adapter_zip, "application/zip")).run()
     assert not at.exception, at.exception
@@ -72,15 +43,12 @@ def test_adapter_page_names_a_misfit_inline(adapter_zip):
     assert "No adapter loaded yet" in at.info[0].value
 
 
-def test_adapter_page_offers_the_adapter_trained_in_this_session(adapter_zip, tmp_path):
+def test_adapter_page_offers_the_adapter_trained_in_this_session(app_page, adapter_zip, tmp_path):
     model, _ = lc.load_model("distilgpt2-random", device="cpu")
     zipfile.ZipFile(io.BytesIO(adapter_zip)).extractall(tmp_path)
     lc.load_adapter(model, tmp_path)
     finished = SimpleNamespace(status="done", model=model, lora_config=model.lora_config, step=3)
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.session_state["finetune:run"] = finished                              # what the Fine-tuning page keeps
-    at.switch_page("pages/adapters.py")
-    at.run()
+    at = app_page("adapters", session_state={"finetune:run": finished})      # what the Fine-tuning page keeps
     at.selectbox[0].set_value("distilgpt2-random").run()
     at.radio[0].set_value("the adapter trained in this session").run()
     assert not at.exception, at.exception

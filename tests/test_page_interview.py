@@ -1,19 +1,7 @@
-"""AppTest on pages/interview.py and pages/claims.py by themselves: the quiz checks answers, the bank and the
-claims check render every row without an exception."""
-
-from pathlib import Path
+"""AppTest on the Interview page: the quiz accepts a right answer, explains a wrong one with its formula, draws
+again, and its bank lists every question."""
 
 from streamlit.testing.v1 import AppTest
-
-PAGES = Path(__file__).resolve().parents[1] / "pages"
-TIMEOUT = 300  # the first run computes the bank and the claims evidence (cached afterwards)
-
-
-def _run(page: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES / page), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def _answer(at: AppTest, text: str) -> AppTest:
@@ -25,8 +13,8 @@ def _answer(at: AppTest, text: str) -> AppTest:
     return at
 
 
-def test_a_right_answer_is_accepted():
-    at = _run("interview.py")
+def test_a_right_answer_is_accepted(app_page):
+    at = app_page("interview")
     at.selectbox(key="interview:topic").set_value("counting").run()
     q = at.session_state["interview:q"]
     assert q.topic == "counting" and q.numeric
@@ -34,8 +22,8 @@ def test_a_right_answer_is_accepted():
     assert at.success and at.success[0].value.startswith("Accepted") and not at.error
 
 
-def test_a_wrong_answer_is_explained_with_the_formula():
-    at = _run("interview.py")
+def test_a_wrong_answer_is_explained_with_the_formula(app_page):
+    at = app_page("interview")
     at.selectbox(key="interview:topic").set_value("counting").run()
     q = at.session_state["interview:q"]
     _answer(at, "1")
@@ -43,8 +31,8 @@ def test_a_wrong_answer_is_explained_with_the_formula():
     assert "Not quite" in err.value and q.formula in err.value and q.expected_text in err.value
 
 
-def test_new_question_draws_again_and_a_concept_is_explained():
-    at = _run("interview.py")
+def test_new_question_draws_again_and_a_concept_is_explained(app_page):
+    at = app_page("interview")
     at.selectbox(key="interview:topic").set_value("variants").run()
     first = at.session_state["interview:q"]
     next(b for b in at.button if b.label == "New question").click().run()
@@ -55,19 +43,9 @@ def test_new_question_draws_again_and_a_concept_is_explained():
     assert "Missing" in at.error[0].value
 
 
-def test_the_bank_lists_every_question():
-    at = _run("interview.py")
-    from lora_core import interview
+def test_the_bank_lists_every_question(app_page):
+    at = app_page("interview")
+    from lora_core.teach.interview import quiz
 
     labels = [e.label for e in at.expander]
-    assert len(labels) == len(interview.kinds()) >= 30
-
-
-def test_claims_page_renders_all_23_rows():
-    at = _run("claims.py")
-    assert len(at.expander) == 23
-    summary = at.dataframe[0].value
-    assert len(summary) == 23 and list(summary["#"]) == list(range(1, 24))
-    verdicts = {m.label: m.value for m in at.metric}
-    assert sum(int(v) for k, v in verdicts.items() if k[0] in "✓~✗?") == 23
-    assert not at.error
+    assert len(labels) == len(quiz.kinds()) >= 30

@@ -1,27 +1,18 @@
-"""AppTest for pages/qlora.py, run on its own (it does not need app.py's sidebar)."""
-
-from pathlib import Path
+"""AppTest for the QLoRA page: double quantization, seed 002's memory estimate, the codebook ranking."""
 
 import pytest
+from conftest import metrics
 from streamlit.testing.v1 import AppTest
 
-from lora_core import memory
-
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "qlora.py")
-TIMEOUT = 60  # the first run loads SmolLM2 and imports torch
+from lora_core.quant import memory
 
 
 @pytest.fixture
-def page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
+def page(app_page) -> AppTest:
+    """The QLoRA page as it opens: on seed 002's settings, which must draw without an error."""
+    at = app_page("qlora")
     assert not at.error, [e.value for e in at.error]
     return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
 
 
 def test_page_shows_double_quantization_bits(page):

@@ -1,25 +1,12 @@
 """AppTest for the Speed page: it shows the shipped CPU numbers, says no GPU was measured, and its live
 button runs a (tiny) benchmark. Timings are shown, never asserted."""
 
-from pathlib import Path
-
-from streamlit.testing.v1 import AppTest
-
-from lora_core import bench_report
-
-PAGE = Path(__file__).resolve().parents[1] / "pages" / "speed.py"
+from lora_core.bench import report
 
 
-def page() -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=120)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def test_speed_page_shows_the_shipped_cpu_numbers():
-    at = page()
-    shipped = bench_report.shipped_result("cpu")
+def test_speed_page_shows_the_shipped_cpu_numbers(app_page):
+    at = app_page("speed")
+    shipped = report.shipped_result("cpu")
     shown = {m.label: m.value for m in at.metric}
     case = shipped["default_case"]
     assert shown[f"ours ÷ floor ({case})"] == f"{shipped['ours_vs_frozen']:.3f}×"
@@ -28,22 +15,23 @@ def test_speed_page_shows_the_shipped_cpu_numbers():
     table = at.dataframe[0].value
     assert list(table["case"]) == [c["name"] for c in shipped["cases"]]
     assert any("No GPU measurement exists yet" in i.value for i in at.info)
-    focused = bench_report.shipped_result("cpu_c_attn_r8")
+    focused = report.shipped_result("cpu_c_attn_r8")
     assert any(f"ours ÷ floor {focused['ours_vs_frozen']:.3f}×" in c.value for c in at.caption)
     quoted = at.dataframe[1].value  # the H100 numbers are labelled as measured elsewhere
-    assert list(quoted["ms / step"]) == [r["ms"] for r in bench_report.REFERENCE_H100["rows"]]
+    assert list(quoted["ms / step"]) == [r["ms"] for r in report.REFERENCE_H100["rows"]]
     assert any("quoted, not measured by LoRA Lab" in m.value for m in at.markdown)
 
 
-def test_live_button_runs_a_tiny_benchmark():
-    at = page()
+def test_live_button_runs_a_tiny_benchmark(app_page):
+    at = app_page("speed")
     batch, seq, repeats = at.number_input
     batch.set_value(1)
     seq.set_value(4)
     repeats.set_value(1)
-    at.button[0].click().run(timeout=180)
+    at.button[0].click().run()
     assert not at.exception, at.exception
     live = at.session_state["speed:live"]
     assert (live["batch"], live["seq"], live["repeats"]) == (1, 4, 1)
     table = at.dataframe[-1].value
     assert list(table["case"]) == ["frozen (floor)", "ours c_attn r=8", "peft c_attn r=8", "full fine-tuning"]
+

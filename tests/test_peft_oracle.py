@@ -5,32 +5,36 @@ proves nothing, because ΔW = 0.
 """
 
 import copy
+import re
 
 import pytest
 import torch
 from conftest import tiny_gpt2, tiny_llama
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
-from peft.utils import set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 import lora_core as lc
 
-CASES = [
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn"])),
-    (tiny_gpt2, dict(r=2, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], use_rslora=True)),
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_proj"], bias="all")),
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn"], bias="lora_only")),
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules="all-linear")),
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn", "wte"])),
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn"], modules_to_save=["lm_head"])),
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_fc"], layers_to_transform=[1])),
-    (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=r".*\.attn\.c_(attn|proj)")),
-    (tiny_llama, dict(r=4, lora_alpha=16, target_modules=None)),
-    (tiny_llama, dict(r=8, lora_alpha=16, target_modules="all-linear", bias="all")),
-    (tiny_llama, dict(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      modules_to_save=["lm_head"])),
-]
-IDS = [f"{make.__name__}-{i}" for i, (make, _) in enumerate(CASES)]
+CASES = {  # id: (model, config)
+    "gpt2-c_attn-r4": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn"])),
+    "gpt2-attn_mlp-r2-rslora": (tiny_gpt2, dict(r=2, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
+                                                use_rslora=True)),
+    "gpt2-c_proj-bias_all": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_proj"], bias="all")),
+    "gpt2-c_attn-bias_lora_only": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn"], bias="lora_only")),
+    "gpt2-all_linear": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules="all-linear")),
+    "gpt2-c_attn-embedding": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn", "wte"])),
+    "gpt2-c_attn-saved_lm_head": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                  modules_to_save=["lm_head"])),
+    "gpt2-c_fc-layer_1_only": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_fc"], layers_to_transform=[1])),
+    "gpt2-regex-attn": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=r".*\.attn\.c_(attn|proj)")),
+    "llama-default_targets": (tiny_llama, dict(r=4, lora_alpha=16, target_modules=None)),
+    "llama-all_linear-r8-bias_all": (tiny_llama, dict(r=8, lora_alpha=16, target_modules="all-linear", bias="all")),
+    "llama-qkvo-saved_lm_head": (tiny_llama, dict(r=4, lora_alpha=4, modules_to_save=["lm_head"],
+                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])),
+}
+FILE_CASES = {k: CASES[k] for k in ("gpt2-attn_mlp-r2-rslora", "gpt2-c_attn-embedding", "gpt2-c_attn-saved_lm_head",
+                                    "llama-all_linear-r8-bias_all")}
 
 
 def build_pair(make, kw):
@@ -49,13 +53,13 @@ def build_pair(make, kw):
     return ours.eval(), theirs.eval()
 
 
-@pytest.mark.parametrize("make,kw", CASES, ids=IDS)
+@pytest.mark.parametrize("make,kw", CASES.values(), ids=CASES.keys())
 def test_counts_match_peft(make, kw):
     ours, theirs = build_pair(make, kw)
     assert lc.trainable_parameters(ours) == theirs.get_nb_trainable_parameters()
 
 
-@pytest.mark.parametrize("make,kw", CASES, ids=IDS)
+@pytest.mark.parametrize("make,kw", CASES.values(), ids=CASES.keys())
 def test_wrapped_modules_match_peft(make, kw):
     ours, theirs = build_pair(make, kw)
     peft_names = sorted(n.removeprefix("base_model.model.") for n, m in theirs.named_modules()
@@ -63,7 +67,7 @@ def test_wrapped_modules_match_peft(make, kw):
     assert sorted(n for n, _ in lc.lora_layers(ours)) == peft_names
 
 
-@pytest.mark.parametrize("make,kw", CASES, ids=IDS)
+@pytest.mark.parametrize("make,kw", CASES.values(), ids=CASES.keys())
 def test_logits_match_peft_with_nonzero_b(make, kw, tokens):
     ours, theirs = build_pair(make, kw)
     assert any(float(layer.lora_B.weight.detach().abs().sum()) > 0 for _, layer in lc.lora_layers(ours))
@@ -75,7 +79,7 @@ def test_logits_match_peft_with_nonzero_b(make, kw, tokens):
     assert (ours_logits - base_logits).abs().max() > 1e-3  # the adapter really changes the output
 
 
-@pytest.mark.parametrize("make,kw", CASES, ids=IDS)
+@pytest.mark.parametrize("make,kw", CASES.values(), ids=CASES.keys())
 def test_merged_matches_unmerged_and_peft_merged(make, kw, tokens):
     ours, theirs = build_pair(make, kw)
     with torch.no_grad():
@@ -105,11 +109,138 @@ def test_peft_adapter_loads_into_lora_core(tmp_path, tokens):
         torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("make,kw", [CASES[1], CASES[5], CASES[6], CASES[10]], ids=["gpt2-rslora", "gpt2-embedding",
-                                                                                  "gpt2-saved", "llama-bias"])
+@pytest.mark.parametrize("make,kw", FILE_CASES.values(), ids=FILE_CASES.keys())
 def test_lora_core_adapter_loads_into_peft(make, kw, tmp_path, tokens):
     ours, _ = build_pair(make, kw)
     lc.save_adapter(ours, tmp_path)
     theirs = PeftModel.from_pretrained(make(), tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+# --- the merged state: counts, state_dict keys, unmerge ------------------------------------------
+def gpt2_two_layers() -> torch.nn.Module:
+    """The issue's 2-layer GPT-2: c_attn at r=4 gives PEFT's 2,048 of 110,592 parameters."""
+    return tiny_gpt2(n_embd=64, vocab_size=100)
+
+
+MERGE_CASES = {
+    "gpt2-c_attn-r4": (gpt2_two_layers, dict(r=4, lora_alpha=8, target_modules=["c_attn"])),
+    "llama-q_v": (tiny_llama, dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"])),
+    "gpt2-bias_all": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_proj"], bias="all")),
+    "llama-saved_lm_head": (tiny_llama, dict(r=4, lora_alpha=4, target_modules=["q_proj", "o_proj"],
+                                             modules_to_save=["lm_head"])),
+    "llama-embedding": (tiny_llama, dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "v_proj"])),
+}
+
+
+def as_peft_keys(model: torch.nn.Module) -> set[str]:
+    """Our state_dict keys in PEFT's spelling (adapter "default", lora_embedding_*, the PeftModel prefix)."""
+    embeddings = {n for n, layer in lc.lora_layers(model) if isinstance(layer, lc.LoraEmbedding)}
+    keys = set()
+    for key in model.state_dict():
+        owner = key.rsplit(".", 2)[0]
+        if owner in embeddings and key.endswith((".lora_A.weight", ".lora_B.weight")):
+            key = f"{owner}.lora_embedding_{key[-8]}.default"
+        key = re.sub(r"\.lora_([AB])\.weight$", r".lora_\1.default.weight", key)
+        keys.add("base_model.model." + key.replace(".modules_to_save.", ".modules_to_save.default."))
+    return keys
+
+
+@pytest.mark.parametrize("make,kw", MERGE_CASES.values(), ids=MERGE_CASES.keys())
+def test_merged_state_counts_and_keys_match_peft(make, kw):
+    ours, theirs = build_pair(make, kw)
+    keys = set(ours.state_dict())
+    assert as_peft_keys(ours) == set(theirs.state_dict())
+    lc.merge_lora(ours)
+    theirs.merge_adapter()                                     # PEFT keeps its LoRA modules, merged
+    assert lc.trainable_parameters(ours) == theirs.get_nb_trainable_parameters()
+    assert set(ours.state_dict()) == keys                      # no ..._unmerged_weight, nothing else new
+    assert as_peft_keys(ours) == set(theirs.state_dict())
+    lc.unmerge_lora(ours)
+    theirs.unmerge_adapter()
+    assert set(ours.state_dict()) == keys
+    assert lc.trainable_parameters(ours) == theirs.get_nb_trainable_parameters()
+
+
+def test_the_issues_two_layer_gpt2_counts_110592_merged_or_not():
+    ours, theirs = build_pair(*MERGE_CASES["gpt2-c_attn-r4"])
+    lc.merge_lora(ours)
+    theirs.merge_adapter()
+    assert lc.trainable_parameters(ours) == theirs.get_nb_trainable_parameters() == (2_048, 110_592)
+
+
+def test_merged_tied_embedding_counts_the_untied_output_layer_once_more():
+    # GPT-2 ties wte to lm_head. PEFT merges in place, so lm_head silently changes too (peft issue 2777);
+    # ours merges out of place, so the merged model really holds two matrices: W + ΔW for wte, W for lm_head.
+    ours, theirs = build_pair(tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn", "wte"]))
+    before = lc.trainable_parameters(ours)
+    assert before == theirs.get_nb_trainable_parameters()
+    lc.merge_lora(ours)
+    theirs.merge_adapter()
+    trainable, total = lc.trainable_parameters(ours)
+    peft_trainable, peft_total = theirs.get_nb_trainable_parameters()
+    assert trainable == peft_trainable and total == peft_total + ours.lm_head.weight.numel()
+    lc.unmerge_lora(ours)
+    assert lc.trainable_parameters(ours) == before                # the tie is back: lm_head is wte again
+    assert ours.lm_head.weight is ours.transformer.wte.base_layer.weight
+
+
+@pytest.mark.parametrize("make,kw", MERGE_CASES.values(), ids=MERGE_CASES.keys())
+def test_unmerge_is_bit_exact_and_never_writes_the_base(make, kw, tokens):
+    ours, _ = build_pair(make, kw)
+    weights = {n: (layer.base_layer.weight, layer.base_layer.weight.data_ptr(), layer.base_layer.weight.clone())
+               for n, layer in lc.lora_layers(ours)}
+    with torch.no_grad():
+        unmerged = ours(tokens).logits
+        lc.merge_lora(ours)
+        for name, layer in lc.lora_layers(ours):
+            w, ptr, copy_ = weights[name]
+            assert layer.base_layer.weight is not w and not torch.equal(layer.base_layer.weight, copy_)  # ΔW ≠ 0
+            assert torch.equal(w, copy_) and w.data_ptr() == ptr                       # W itself untouched
+        torch.testing.assert_close(ours(tokens).logits, unmerged, rtol=1e-5, atol=1e-5)
+        lc.unmerge_lora(ours)
+        for name, layer in lc.lora_layers(ours):
+            w, ptr, copy_ = weights[name]
+            assert layer.base_layer.weight is w and torch.equal(w, copy_)              # the same Parameter back
+        assert torch.equal(ours(tokens).logits, unmerged)
+
+
+def test_merged_model_moves_with_to_and_still_unmerges(tokens):
+    ours, _ = build_pair(tiny_llama, dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    originals = {n: layer.base_layer.weight.detach().clone() for n, layer in lc.lora_layers(ours)}
+    keys = set(ours.state_dict())
+    with torch.no_grad():
+        expected = ours.double()(tokens).logits                  # the adapted model, in float64
+        ours.float()
+        lc.merge_lora(ours)
+        ours.double()                                            # the kept W moves with the model
+        lc.unmerge_lora(ours)
+        for name, layer in lc.lora_layers(ours):
+            w = layer.base_layer.weight
+            assert isinstance(w, torch.nn.Parameter) and not w.requires_grad and w.dtype == torch.float64
+            assert torch.equal(w, originals[name].double())
+        torch.testing.assert_close(ours(tokens).logits, expected)
+    assert set(ours.state_dict()) == keys
+
+
+# --- randomness: without a generator, the very draws PEFT makes ------------------------------------
+@pytest.mark.parametrize("make,kw", [
+    (tiny_llama, dict(r=4, target_modules=["q_proj", "v_proj"])),
+    (tiny_gpt2, dict(r=4, target_modules=["c_attn", "c_fc"])),
+    (tiny_gpt2, dict(r=4, target_modules=["c_attn"], init_lora_weights=False)),
+    (tiny_gpt2, dict(r=4, target_modules=["wte", "c_attn"], init_lora_weights="gaussian")),
+], ids=["llama-kaiming", "gpt2-kaiming", "gpt2-random-b", "gpt2-embedding-gaussian"])
+def test_without_a_generator_the_init_is_peft_s_draw_for_draw(make, kw):
+    base = make()
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    torch.manual_seed(5)
+    lc.inject_lora(ours, lc.LoraConfig(**kw))
+    ours_next = torch.rand(1)
+    torch.manual_seed(5)
+    theirs = get_peft_model(theirs, PeftLoraConfig(**kw))
+    assert torch.equal(ours_next, torch.rand(1))              # the global stream advanced by as much
+    peft_tensors = get_peft_model_state_dict(theirs)
+    ours_tensors = lc.adapter_state_dict(ours)
+    assert sorted(ours_tensors) == sorted(peft_tensors)
+    assert all(torch.equal(t, peft_tensors[k]) for k, t in ours_tensors.items())

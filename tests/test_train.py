@@ -1,38 +1,39 @@
 """The Trainer on tiny GPT-2 / Llama models: learning, label masking, exact resume, divergence, evaluation."""
 
+import dataclasses
 import itertools
 import math
+import threading
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from conftest import GPT2_TOKENS, tiny_gpt2, tiny_llama
 
 import lora_core as lc
-from lora_core.data import IGNORE_INDEX, Dataset, collate, encode_pair, load_dataset
-from lora_core.evaluation import bleu, completion_loss, generate, perplexity
-from lora_core.train import TrainConfig, Trainer, TrainingDiverged, delta_norm, lr_at
+from lora_core.training.data import IGNORE_INDEX, Dataset, collate, encode_pair, load_dataset
+from lora_core.training.metrics import bleu, completion_loss, generate, perplexity
+from lora_core.training.trainer import TrainConfig, Trainer, TrainingDiverged, delta_norm, lr_at
 
 EOS = 50256  # GPT-2's <|endoftext|>, also its pad token
 
 
 # The tiny models read GPT-2's real vocabulary. With the usual init (std 0.02) their frozen output
 # layer gives near-uniform logits that a small adapter can hardly move; std 0.2 gives it a grip.
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)  # dropout stays at GPT-2's 0.1, so the RNG handling is exercised
-    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=50257, n_positions=64, initializer_range=0.2,
-                     bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
-    return GPT2LMHeadModel(cfg).eval()
+GPT2_VOCAB = dict(**GPT2_TOKENS, initializer_range=0.2, pad_token_id=EOS)
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=50257, max_position_embeddings=64, initializer_range=0.2,
-                      bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
-    return LlamaForCausalLM(cfg).eval()
+def gpt2_64() -> torch.nn.Module:
+    """conftest's tiny GPT-2, 64 wide and 64 positions; dropout stays at GPT-2's 0.1, so the RNG handling is
+    exercised."""
+    return tiny_gpt2(n_embd=64, n_positions=64, **GPT2_VOCAB)
 
 
-BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+def llama_64() -> torch.nn.Module:
+    """conftest's tiny Llama, 64 wide (MLP 128) and 64 positions."""
+    return tiny_llama(hidden_size=64, intermediate_size=128, max_position_embeddings=64, **GPT2_VOCAB)
+
+
+BUILDERS = {"gpt2": gpt2_64, "llama": llama_64}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +48,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    return lc.gpt2_tokenizer()
+    return lc.models.gpt2_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def data():
 
 def adapted(arch: str = "gpt2", targets="all-linear", dropout: float = 0.1, init=True):
     model = BUILDERS[arch]()
-    torch.manual_seed(1)
+    torch.manual_seed(1)  # as before: test_grad_accumulation's atol=1e-6 holds for these factors, not every draw
     lc.inject_lora(model, lc.LoraConfig(r=4, lora_alpha=8, target_modules=targets,
                                         lora_dropout=dropout, init_lora_weights=init))
     return model
@@ -182,6 +183,38 @@ def test_pause_and_resume_continue_exactly(tok, data):
     assert all(torch.equal(p, adapter(straight.model)[n]) for n, p in adapter(fresh.model).items())
 
 
+def test_building_a_trainer_touches_no_global_rng_and_a_step_gives_it_back(tok, data, monkeypatch):
+    model = adapted()
+    state = torch.get_rng_state()
+
+    def refuse(*_, **__):
+        raise AssertionError("a Trainer being built must not set torch's global generator")
+
+    with monkeypatch.context() as m:
+        for name in ("manual_seed", "set_rng_state", "seed"):
+            m.setattr(torch, name, refuse)
+        m.setattr(torch.random, "fork_rng", refuse)
+        trainer = Trainer(model, tok, data, TrainConfig(lr=1e-2, seed=3))
+    assert torch.equal(torch.get_rng_state(), state)
+    trainer.run(2)                                              # dropout draws from the Trainer's stream ...
+    assert torch.equal(torch.get_rng_state(), state)            # ... and the caller's state comes back
+
+
+def test_two_trainers_on_two_threads_keep_their_own_dropout_streams(tok, data):
+    cfg = TrainConfig(lr=1e-2, steps=4, batch_size=4)
+    alone = {seed: [m["loss"] for m in Trainer(adapted(), tok, data, dataclasses.replace(cfg, seed=seed)).run(4)]
+             for seed in (0, 1)}
+    trainers = {seed: Trainer(adapted(), tok, data, dataclasses.replace(cfg, seed=seed)) for seed in (0, 1)}
+    together: dict[int, list[float]] = {}
+    threads = [threading.Thread(target=lambda s=seed: together.__setitem__(s, [m["loss"] for m in trainers[s].run(4)]))
+               for seed in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone                                    # two learners never share a dropout mask
+
+
 def test_state_from_another_config_is_refused(tok, data):
     saved = Trainer(adapted(), tok, data, TrainConfig(lr=1e-2)).state_dict()
     with pytest.raises(ValueError, match="different TrainConfig"):
@@ -228,6 +261,14 @@ def test_generate_is_greedy_deterministic_and_batch_independent(arch, tok):
         generate(model, tok, prompts, max_new_tokens=0)
 
 
+def test_generate_refuses_a_prompt_longer_than_the_model_reads(tok):
+    model = tiny_gpt2(vocab_size=len(tok))                      # n_positions=32
+    with pytest.raises(ValueError, match=r"prompt has 30 tokens: this model reads at most 32 positions, so with "
+                                         r"max_new_tokens=8 a prompt may have at most 24 tokens"):
+        generate(model, tok, [("tell me more " * 10).strip()], max_new_tokens=8)
+    assert len(generate(model, tok, [("tell me more " * 8).strip()], max_new_tokens=8)) == 1  # 24 + 8 = 32
+
+
 def test_evaluate_reports_loss_and_bleu(tok, data):
     trainer = Trainer(adapted(), tok, data, TrainConfig())
     out = trainer.evaluate("test", bleu=True, limit=3, max_new_tokens=4)
@@ -244,7 +285,7 @@ def test_bleu_is_sacrebleu_corpus_bleu_on_0_to_100():
 
 
 def test_perplexity_is_exp_of_the_mean_token_loss(tok):
-    model = tiny_gpt2()
+    model = gpt2_64()
     text = "The water cycle moves water from the sea to the sky and back again."
     ids = torch.tensor([tok(text)["input_ids"]])
     with torch.no_grad():
@@ -255,12 +296,15 @@ def test_perplexity_is_exp_of_the_mean_token_loss(tok):
 
 
 # --- bad input -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value", [
+BAD_VALUES = [
     ("lr", 0), ("lr", -1e-3), ("lr", float("nan")), ("steps", 0), ("steps", 2.5), ("batch_size", True),
     ("seq_len", 1), ("warmup_steps", -1), ("warmup_steps", 50), ("weight_decay", -0.1),
     ("grad_accum", 0), ("max_grad_norm", 0.0), ("seed", -1), ("device", 3), ("log_every", 0),
     ("min_lr_ratio", 1.5),
-])
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_VALUES, ids=[f"{field}={value!r}" for field, value in BAD_VALUES])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"{field}="):
         TrainConfig(**{field: value})
@@ -268,7 +312,7 @@ def test_train_config_rejects_bad_values(field, value):
 
 def test_trainer_rejects_bad_setups(tok, data):
     with pytest.raises(ValueError, match="no LoRA adapter"):
-        Trainer(tiny_gpt2(), tok, data)
+        Trainer(gpt2_64(), tok, data)
     with pytest.raises(ValueError, match=r"seq_len=128 .* at most 64 positions"):
         Trainer(adapted(), tok, data, TrainConfig(seq_len=128))
     with pytest.raises(ValueError, match="empty train split"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..anatomy import ModuleNode
+from ..teach.anatomy import ModuleNode
 from .style import BLUE, GREEN, GREY, ORANGE, PALETTE, RED, layout
 
 # Unmatched modules are tinted by role; a module LoRA wraps is solid orange.

@@ -1,6 +1,6 @@
 """Figures for the interview answers and the claims check: one entry point for an Evidence's figure data.
 
-`evidence_figure(spec)` turns the `figure` dict of an `lc.evidence.Evidence` into a plotly figure,
+`evidence_figure(spec)` turns the `figure` dict of a `teach.evidence.Evidence` into a plotly figure,
 reusing the topic builders (dropout masks, codebooks, memory bars, curves, spectra) and adding two
 plain ones here: overlaid histograms and labelled bars.
 """

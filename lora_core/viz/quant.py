@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..memory import COMPONENTS, GIB, MemoryEstimate
+from ..quant.memory import COMPONENTS, GIB, MemoryEstimate
 from .style import BLUE, GREEN, GREY, ORANGE, PALETTE, PURPLE, RED, layout
 
 COMPONENT_COLORS = dict(zip(COMPONENTS, (BLUE, PURPLE, ORANGE, RED, GREEN), strict=True))

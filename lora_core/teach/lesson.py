@@ -1,0 +1,52 @@
+"""The first cell of every lesson, written once: keep it offline, say what it runs on, read LORA_FAST.
+
+A lesson's numbers depend on the library versions and the device, so each lesson prints them before
+anything else. A lesson never downloads: HF_HUB_OFFLINE=1 unless the learner set it. LORA_FAST=1 (what
+CI sets) lets a lesson shrink its step counts, never what it shows or asserts.
+
+    from lora_core.teach.lesson import setup
+    FAST = setup("this lesson runs on the CPU")
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+
+import huggingface_hub.constants
+import peft
+import torch
+import transformers
+
+from ..device import describe_device, pick_device
+
+DISTRIBUTION = "lora-lab"  # pyproject.toml's [project] name; `pip install -e .` installs lora_core under it
+
+
+def lora_core_version() -> str:
+    """The installed lora-lab version, from the package metadata (pyproject.toml is its only source)."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "not installed (run `pip install -e .` at the repository root)"
+
+
+def setup(note: str = "") -> bool:
+    """Keep the Hub offline, print the versions and the device, and return whether LORA_FAST=1.
+
+    `note` says where this lesson computes, e.g. "this lesson runs on the CPU"; it is printed after
+    the device. HF_HUB_OFFLINE is set to 1 only when the learner has not set it (HF_HUB_OFFLINE=0
+    lets a lesson download).
+    """
+    if "HF_HUB_OFFLINE" not in os.environ:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        # huggingface_hub reads the variable once, when it is imported, and importing lora_core already
+        # imported it (through transformers): set its public constant too, so the Hub really is closed.
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    fast = os.environ.get("LORA_FAST") == "1"
+    print(f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
+          f"| lora_core {lora_core_version()}")
+    print(f"device: {describe_device(pick_device())}" + (f" ({note})" if note else ""))
+    print(f"HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']} (1: nothing is downloaded) | "
+          + ("LORA_FAST=1: fewer steps, the same pictures and checks" if fast else "LORA_FAST unset: full runs"))
+    return fast
