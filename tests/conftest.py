@@ -186,3 +186,22 @@ def metrics(at: AppTest) -> dict[str, str]:
 def errors(at: AppTest) -> str:
     """Every st.error message on the page, one per line."""
     return "\n".join(e.value for e in at.error)
+
+
+def load_ours_into_peft(ours, theirs):
+    """Perturb our trainable non-LoRA tensors (biases, saved heads), then load our adapter into PEFT's model.
+
+    Perturbed, so that a bias or a head copy is really compared and not just equal to the base's default.
+    Returns both models in eval mode.
+    """
+    from peft import set_peft_model_state_dict
+
+    import lora_core as lc
+
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if p.requires_grad and ".lora_" not in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    result = set_peft_model_state_dict(theirs, lc.adapter_state_dict(ours))
+    assert not result.unexpected_keys
+    return ours.eval(), theirs.eval()

@@ -9,10 +9,10 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
+from conftest import load_ours_into_peft, tiny_gpt2, tiny_llama
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict
 
 import lora_core as lc
 
@@ -43,14 +43,7 @@ def build_pair(make, kw):
     ours = copy.deepcopy(base)
     lc.inject_lora(ours, lc.LoraConfig(init_lora_weights=False, **kw))
     theirs = get_peft_model(copy.deepcopy(base), PeftLoraConfig(init_lora_weights=False, **kw))
-    # Perturb the trainable biases / saved copies too, so they are compared, not just defaults.
-    with torch.no_grad():
-        for name, p in ours.named_parameters():
-            if p.requires_grad and ".lora_" not in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    result = set_peft_model_state_dict(theirs, lc.adapter_state_dict(ours))
-    assert not result.unexpected_keys
-    return ours.eval(), theirs.eval()
+    return load_ours_into_peft(ours, theirs)
 
 
 @pytest.mark.parametrize("make,kw", CASES.values(), ids=CASES.keys())

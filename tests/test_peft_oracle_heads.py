@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
+from conftest import load_ours_into_peft, tiny_gpt2, tiny_llama
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from peft.utils import set_peft_model_state_dict
@@ -78,13 +78,7 @@ def build_pair(make, kw):
     ours = copy.deepcopy(base)
     lc.inject_lora(ours, lc.LoraConfig(init_lora_weights=False, **kw))
     theirs = _peft_model(copy.deepcopy(base), kw)
-    with torch.no_grad():  # the head copies must differ from the base's, or saving them proves nothing
-        for name, p in ours.named_parameters():
-            if p.requires_grad and ".lora_" not in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    result = set_peft_model_state_dict(theirs, lc.adapter_state_dict(ours))
-    assert not result.unexpected_keys
-    return ours.eval(), theirs.eval()
+    return load_ours_into_peft(ours, theirs)
 
 
 def _outputs(model, tokens) -> list[torch.Tensor]:
