@@ -7,7 +7,8 @@
 Matching follows peft/tuners/tuners_utils.py `check_target_module_exists`:
   * a list matches a module whose full name equals an entry or ends with "." + entry,
     so ["c_proj"] hits both attn.c_proj and mlp.c_proj;
-  * a string is a regular expression that must match the full module name;
+  * a string is a regular expression that must match the full module name (within MATCH_SECONDS in
+    all, patterns.py: a pattern that backtracks without end is a ValueError, not a frozen server);
   * "all-linear" means every Linear/Conv1D except the output layer (lm_head);
   * None means PEFT's default for the architecture (GPT-2: c_attn; Llama: q_proj, v_proj).
 
@@ -23,12 +24,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from .config import ALL_LINEAR, LoraConfig
 from .layers import DISPATCH, LINEAR_TYPES, LoraLayer, check_lora_target, is_supported, make_lora_layer
+from .patterns import TimedPattern
 
 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we ship.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -70,24 +73,29 @@ def output_layer_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is out), None) if out is not None else None
 
 
-def _layer_index(name: str, patterns: list[str] | None) -> int | None:
+def _layer_index(name: str, patterns: list[TimedPattern] | None) -> int | None:
     if not patterns:
         m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)  # the first numbered segment
     else:
-        m = next((m for p in patterns if (m := re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name))), None)
+        m = next((m for p in patterns if (m := p.match(name))), None)
     return int(m.group("idx")) if m else None
 
 
-def _is_target(name: str, targets: list[str] | str, cfg: LoraConfig) -> bool:
+def _target_test(targets: list[str] | str, cfg: LoraConfig) -> Callable[[str], bool]:
+    """PEFT's check_target_module_exists for one config, with user regexes under one time budget."""
     if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    if name in targets:
-        return True
-    if not any(name.endswith("." + t) for t in targets):
-        return False
-    if cfg.layers_to_transform is None:
-        return True
-    return _layer_index(name, cfg.layers_pattern) in cfg.layers_to_transform
+        pattern = TimedPattern("target_modules", targets)
+        return lambda name: pattern.fullmatch(name) is not None
+    layers = None if not cfg.layers_pattern else [
+        TimedPattern("layers_pattern", rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", shown=p) for p in cfg.layers_pattern]
+
+    def test(name: str) -> bool:
+        if name in targets:
+            return True
+        if not any(name.endswith("." + t) for t in targets):
+            return False
+        return cfg.layers_to_transform is None or _layer_index(name, layers) in cfg.layers_to_transform
+    return test
 
 
 def _resolved_targets(model: nn.Module, cfg: LoraConfig) -> list[str] | str:
@@ -113,11 +121,12 @@ def matched_modules(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Full names of the modules `cfg` targets in `model`, in model order (may be empty)."""
     targets = _resolved_targets(model, cfg)
     saved = _saved_before_matching(cfg)
+    is_target = _target_test(targets, cfg)
     names = []
     for name, _ in model.named_modules():
         if not name or any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
             continue  # PEFT never puts an adapter inside a module it saves in full
-        if _is_target(name, targets, cfg):
+        if is_target(name):
             names.append(name)
     return names
 
