@@ -19,6 +19,11 @@ ALL_LINEAR = "all-linear"
 # three of those wrappers also train the model's head in full and save it with the adapter, by adding
 # these names to modules_to_save (peft_model.py, the __init__ of each class).
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+# The largest |lora_alpha| a config may hold. Published recipes use alpha in the ones to hundreds (alpha = 2r at
+# r = 256 is 512; QLoRA uses 16 at r = 64), so 1e6 leaves three orders of magnitude of room, while the scale
+# alpha / r (at most 1e6, at r = 1) stays a plain float32 number: alpha = 1e300 passed as "finite" and then
+# overflowed when torch turned the scale into a float32 tensor.
+MAX_LORA_ALPHA = 1e6
 TASK_HEADS: dict[str, tuple[str, ...]] = {
     "SEQ_CLS": ("classifier", "score"),
     "TOKEN_CLS": ("classifier", "score"),
@@ -61,8 +66,8 @@ class LoraConfig:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             reject("r", self.r, "the rank must be a positive integer (1, 2, 4, 8, ...)")
         if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
-                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
-            reject("lora_alpha", self.lora_alpha, "alpha must be a positive number")
+                or not math.isfinite(self.lora_alpha) or not 0 < self.lora_alpha <= MAX_LORA_ALPHA:
+            reject("lora_alpha", self.lora_alpha, f"alpha must be a positive number, at most {MAX_LORA_ALPHA:,.0f}")
         if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
                 or not 0.0 <= self.lora_dropout < 1.0:
             reject("lora_dropout", self.lora_dropout, "dropout must be in [0, 1)")
@@ -119,7 +124,8 @@ class LoraConfig:
             reject("target_modules", targets, "module names (strings), a regex, 'all-linear' or None")
         names = [t.strip() for t in targets]
         if not names or not all(names):
-            reject("target_modules", list(targets), "give at least one module name, e.g. ['c_attn']")
+            reject("target_modules", list(targets),
+                   "give at least one module name, e.g. ['q_proj', 'v_proj'] (Llama) or ['c_attn'] (GPT-2)")
         return sorted(set(names))  # PEFT stores the list as a set, too
 
     @property

@@ -149,8 +149,7 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
         raise ValueError("model already has LoRA layers: inject once, or call remove_lora(model) first")
     names = matched_modules(model, cfg)
     if not names:
-        raise ValueError(f"target_modules={cfg.target_modules!r} matches no module of this model: "
-                         f"candidates are {candidate_modules(model)}, 'all-linear' or a regex")
+        raise ValueError(_no_targets_message(model, cfg))
     modules = dict(model.named_modules())
     for name in names:  # validate first: layer type, rank, init, with the layer named
         check_lora_target(modules[name], cfg, name)
@@ -159,6 +158,7 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
     asked = [t for t in to_save if t not in cfg.task_heads]  # a task's head may be absent; a name asked for not
     if asked and not any(n.endswith(t) for n in saved for t in asked):
         raise ValueError(f"modules_to_save={cfg.modules_to_save!r} matches no module of this model")
+    _check_saved_not_nested(saved, to_save)
     if clash := next((n for n in names for s in saved if n == s or n.startswith(s + ".")), None):
         raise ValueError(f"target module {clash!r} is also saved in full (modules_to_save="
                          f"{cfg.saved_module_names()!r}, task_type={cfg.task_type!r}): a module can get LoRA or "
@@ -180,6 +180,38 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
     _mark_trainable(model, cfg.bias)
     model.lora_config = dataclasses.replace(cfg, fan_in_fan_out=settled, modules_to_save=cfg.saved_module_names())
     return names
+
+
+def _no_targets_message(model: nn.Module, cfg: LoraConfig) -> str:
+    """Why nothing matched: no such module, or (PEFT's NoMatchingPeftModuleError) all of them are saved in full."""
+    if _saved_before_matching(cfg):
+        hidden = matched_modules(model, dataclasses.replace(cfg, modules_to_save=None, task_type=None))
+        if hidden:
+            return (f"target_modules={cfg.target_modules!r} matches only modules inside modules_to_save="
+                    f"{_saved_before_matching(cfg)!r} (e.g. {hidden[0]!r}): a module saved in full gets no LoRA, "
+                    "as in PEFT, so nothing is left to adapt; target modules outside the saved ones, or save less")
+    return (f"target_modules={cfg.target_modules!r} matches no module of this model: "
+            f"candidates are {candidate_modules(model)}, 'all-linear' or a regex")
+
+
+def _check_saved_not_nested(saved: list[str], to_save: list[str]) -> None:
+    """Refuse modules_to_save that saves a module and also one inside it.
+
+    PEFT matches each name against the end of every module name ("attn" also hits "attn.c_attn"). When
+    one match sits inside another, PEFT 0.21 wraps the outer module, then hangs a second, trainable
+    copy of the inner one on that wrapper, where the model never runs it; both copies are then saved
+    under one key of the adapter file. So a module is saved in full once, never also inside another.
+    """
+    def entry(name: str) -> str:  # the modules_to_save entry that picked `name`
+        return next(t for t in to_save if name.endswith(t))
+
+    for outer in saved:
+        if inner := next((n for n in saved if n.startswith(outer + ".")), None):
+            raise ValueError(
+                f"modules_to_save={to_save!r} saves {outer!r} (matched by {entry(outer)!r}) and also {inner!r} "
+                f"inside it (matched by {entry(inner)!r}: as in PEFT, a name matches the end of a module's name): "
+                "a module can be saved in full only once, not also inside another saved module; name modules "
+                "that do not contain one another")
 
 
 def _mark_trainable(model: nn.Module, bias: str) -> None:

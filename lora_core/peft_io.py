@@ -13,12 +13,15 @@ Files are written atomically (temp file, then rename); only safetensors are read
 
 An adapter uploaded to a shared server (`load_adapter_zip`) is checked completely before any model is
 touched: size, zip members, JSON, every config field, every tensor's name, shape, dtype and values.
+Every load refuses NaN/inf and values so large that ΔW would overflow the model's dtype
+(`check_adapter_values`): such an adapter only makes the model's outputs inf.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -35,6 +38,7 @@ from .layers import LoraEmbedding
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+FACTOR_KEYS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
 
 
 def adapter_keys(model: nn.Module) -> dict[str, str]:
@@ -155,6 +159,45 @@ def load_adapter_tensors(model: nn.Module, cfg: LoraConfig, tensors: dict[str, t
     return model
 
 
+def value_bound(key: str, cfg: LoraConfig, dtype: torch.dtype) -> float:
+    """The largest |value| adapter tensor `key` may hold in a model that computes in `dtype`.
+
+    Each entry of ΔW = scaling · B @ A is a sum of r products, so |ΔW| <= |scaling| · r · max|B| · max|A|:
+    factors within sqrt(max / (|scaling| · r)) keep ΔW finite in `dtype`, whatever the other factor holds.
+    A bias or a module saved in full only has to fit `dtype` itself. Trained factors are far smaller
+    (about 1e-2 to 1e1); an adapter over the bound can only make the model's outputs inf.
+    """
+    largest = torch.finfo(dtype).max
+    return math.sqrt(largest / (abs(cfg.scaling) * cfg.r)) if key.endswith(FACTOR_KEYS) else largest
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the base model computes in: its first floating parameter that is not a LoRA factor."""
+    return next((p.dtype for n, p in model.named_parameters() if p.is_floating_point() and ".lora_" not in n),
+                torch.float32)
+
+
+def check_adapter_values(model: nn.Module, cfg: LoraConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN/inf and values over `value_bound` with a ValueError naming the tensor, its largest
+    |value| and the bound. `model` gives the dtype (with or without LoRA injected); nothing is changed."""
+    dtype = compute_dtype(model)
+    for key, t in tensors.items():
+        if t.numel() == 0:
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"adapter tensor {key!r} holds {bad:,} NaN or inf values of {t.numel():,}: only "
+                             "finite numbers are allowed")
+        low, high = torch.aminmax(t.detach() if t.is_floating_point() else t.detach().double())
+        largest, bound = max(-float(low), float(high)), value_bound(key, cfg, dtype)
+        if largest > bound:
+            why = (f"with r={cfg.r} and scaling={cfg.scaling:g}, ΔW = scaling · B @ A could overflow {dtype}"
+                   if key.endswith(FACTOR_KEYS) else f"{dtype}, this model's dtype, cannot hold it")
+            raise ValueError(f"adapter tensor {key!r} holds a value of size {largest:.3g}, over the bound "
+                             f"{bound:.3g}: {why} (largest number {torch.finfo(dtype).max:.3g}); "
+                             "a trained adapter's values are many orders of magnitude smaller")
+
+
 def _copy_in(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     keys = adapter_keys(model)
     missing = sorted(set(keys) - set(tensors))
@@ -168,6 +211,7 @@ def _copy_in(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         if tuple(tensors[key].shape) != tuple(params[name].shape):
             raise ValueError(f"adapter tensor {key!r} has shape {tuple(tensors[key].shape)}, "
                              f"but this model needs {tuple(params[name].shape)}")
+    check_adapter_values(model, model.lora_config, tensors)
     with torch.no_grad():
         for key, name in keys.items():
             p = params[name]

@@ -26,13 +26,39 @@ def singular_values(layer: LoraLayer) -> torch.Tensor:
 
 
 def factor_singular_values(B: torch.Tensor, A: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
-    """σ(scaling · B @ A) for B (out, r) and A (r, in), from two thin QRs and an r×r SVD."""
-    B, A = B.detach().float(), A.detach().float()
+    """σ(scaling · B @ A) for B (out, r) and A (r, in), from two thin QRs and an r×r SVD.
+
+    Any finite factors work: each is first scaled by a power of two to max |value| in [0.5, 1), since
+    σ(c·M) = |c|·σ(M) and a power of two scales exactly. Without it, A = 1e30·A₀ overflows float32 inside
+    the QR (its column norms square to 1e60) and LAPACK refuses the inf. A ValueError, never a LinAlgError,
+    for NaN/inf factors or a spectrum beyond float32.
+    """
+    B, b_exp = _unit_scaled(B.detach().float(), "lora_B")
+    A, a_exp = _unit_scaled(A.detach().float(), "lora_A")
     # mode="r": R only. Q is never used, and forming it costs as much as the factorization itself.
     _, r_b = torch.linalg.qr(B, mode="r")    # (out, r) -> R_B (r, r)
     _, r_a = torch.linalg.qr(A.T, mode="r")  # (in, r)  -> R_A (r, r)
     core = r_b @ r_a.T                       # (r, r) @ (r, r) -> (r, r)
-    return (torch.linalg.svdvals(core) * abs(scaling)).cpu()
+    sv = torch.linalg.svdvals(core) * abs(scaling)
+    if b_exp + a_exp == 0:
+        return sv.cpu()
+    sv = sv.double() * 2.0 ** (b_exp + a_exp)  # undo the two scales exactly, in float64's range
+    if sv.numel() and float(sv.max()) > torch.finfo(torch.float32).max:
+        raise ValueError(f"σ(ΔW) reaches {float(sv.max()):.3g}, beyond float32's largest number "
+                         f"({torch.finfo(torch.float32).max:.3g}): the adapter's factors are far too large")
+    return sv.float().cpu()
+
+
+def _unit_scaled(M: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
+    """(M / 2**e, e) with max |M / 2**e| in [0.5, 1); e = 0 where M is already there or all zero."""
+    if M.numel() == 0:
+        return M, 0
+    largest = float(M.abs().max())
+    if not math.isfinite(largest):
+        raise ValueError(f"{name} holds NaN or inf values: its singular values are undefined")
+    exponent = math.frexp(largest)[1]  # largest = m · 2**exponent, 0.5 <= m < 1
+    # Multiplying by a power of two is exact; float64 holds 2**-exponent for any float32 exponent.
+    return (M if exponent == 0 else (M.double() * 2.0 ** -exponent).float()), exponent
 
 
 def all_singular_values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -88,8 +114,8 @@ def low_rank_approximation(W: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _right_singular_vectors(A: torch.Tensor) -> torch.Tensor:
-    """Right singular vectors of A (r, in) as columns: (in, r)."""
-    _, _, Vh = torch.linalg.svd(A.detach().float(), full_matrices=False)
+    """Right singular vectors of A (r, in) as columns: (in, r). A's scale does not change them."""
+    _, _, Vh = torch.linalg.svd(_unit_scaled(A.detach().float(), "A")[0], full_matrices=False)
     return Vh.T
 
 
@@ -172,7 +198,10 @@ def adapter_report(model: torch.nn.Module) -> list[dict]:
 
     rows = []
     for name, layer in lora_layers(model):
-        sv = singular_values(layer)
+        try:
+            sv = singular_values(layer)
+        except ValueError as e:
+            raise ValueError(f"LoRA layer {name!r}: {e}") from None
         delta = float(sv.double().square().sum().sqrt())
         w = layer.original_weight()
         weight = float(w.detach().float().norm())

@@ -98,7 +98,7 @@ def test_upload_accepts_bytes_with_bom_blank_lines_and_extra_fields():
     (b'{"prompt": "caf\xe9", "completion": "x"}', "not UTF-8.*offset 15"),
     (b'{"prompt": "a", "completion": "b"}\n{"prompt": ', "line 2 is not valid JSON"),
     (b'["prompt", "completion"]', "line 1 is a list"),
-    (b'{"prompt": "a"}', "line 1: field 'completion' is None"),
+    (b'{"prompt": "a"}', r"line 1: field 'completion' is missing \(the line has keys \['prompt'\]\)"),
     (b'{"prompt": "", "completion": "b"}', "line 1: field 'prompt' is ''"),
     (b'{"prompt": 3, "completion": "b"}', "field 'prompt' is 3"),
     (('{"prompt": "a", "completion": "' + "x" * 2001 + '"}').encode(), "2001 characters"),

@@ -36,6 +36,8 @@ IGNORE_INDEX = -100          # positions cross_entropy skips: prompt and padding
 MAX_ROWS = 5000              # an uploaded file may hold at most this many pairs
 MAX_FIELD_CHARS = 2000       # and each prompt or completion at most this many characters
 SPLITS = ("train", "test")
+FIELDS = ("prompt", "completion")  # each line of a JSONL file: {"prompt": ..., "completion": ...}
+EXAMPLE_LINE = '{"prompt": "User likes chess videos.", "completion": "I recommend \'Endgame Basics\'"}'
 
 Pair = tuple[str, str]       # (prompt, completion)
 
@@ -96,8 +98,7 @@ def load_jsonl(source: str | os.PathLike | bytes, max_rows: int = MAX_ROWS) -> l
                          "save it as UTF-8 JSON Lines") from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
-        raise ValueError(f"{what} is empty: it needs one JSON object per line, "
-                         'e.g. {"prompt": "User likes chess videos.", "completion": "I recommend \'Endgame Basics\'"}')
+        raise ValueError(f"{what} is empty: it needs one JSON object per line, e.g. {EXAMPLE_LINE}")
     if len(lines) > max_rows:
         raise ValueError(f"{what} has {len(lines)} rows: at most max_rows={max_rows} are allowed")
     pairs = []
@@ -108,16 +109,39 @@ def load_jsonl(source: str | os.PathLike | bytes, max_rows: int = MAX_ROWS) -> l
             raise ValueError(f"{what} line {n} is not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{what} line {n} is a {type(row).__name__}: each line must be a JSON object")
-        for field in ("prompt", "completion"):
-            value = row.get(field)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{what} line {n}: field {field!r} is {value!r}; "
-                                 "it must be present and a non-empty string")
-            if len(value) > MAX_FIELD_CHARS:
-                raise ValueError(f"{what} line {n}: field {field!r} has {len(value)} characters; "
-                                 f"at most {MAX_FIELD_CHARS} are allowed")
+        for field in FIELDS:
+            _check_field(row, field, f"{what} line {n}")
         pairs.append((row["prompt"].strip(), row["completion"].strip()))
     return pairs
+
+
+def _check_field(row: dict, field: str, where: str) -> None:
+    """One field of one row: present, a non-empty string, not too long, and text a tokenizer can encode."""
+    if field not in row:
+        keys = ", ".join(_short(k, 40) for k in list(row)[:10]) + (", ..." if len(row) > 10 else "")
+        raise ValueError(f"{where}: field {field!r} is missing (the line has keys [{keys}]); each line needs "
+                         f"{' and '.join(map(repr, FIELDS))}, e.g. {EXAMPLE_LINE}")
+    value = row[field]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {field!r} is {_short(value, 80)}; it must be a non-empty string")
+    if len(value) > MAX_FIELD_CHARS:
+        raise ValueError(f"{where}: field {field!r} has {len(value)} characters; "
+                         f"at most {MAX_FIELD_CHARS} are allowed")
+    # JSON's \ud800-style escapes may name half of a surrogate pair, which json.loads keeps as a lone
+    # surrogate: no Unicode character, so UTF-8 (and every tokenizer) refuses it. A whole pair was
+    # already joined into one character by json.loads, so what is left here is always an error.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: field {field!r} holds a lone surrogate {value[e.start]!r} at character "
+                         f"{e.start + 1}, which is not a Unicode character: write the character itself, or both "
+                         "halves of its surrogate pair (e.g. \\ud83d\\ude00)") from None
+
+
+def _short(value: object, limit: int) -> str:
+    """repr(value), cut to `limit` characters: a message never echoes a whole upload back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_dataset(name: str) -> Dataset:
