@@ -129,3 +129,97 @@ def test_a_diverged_run_is_measured_like_a_stopped_one():
     assert run.status == "diverged" and "restored" in run.message
     assert {"ppl_general", "bleu", "heldout_loss"} <= set(run.after)  # the page's results section needs these
     assert torch.isfinite(layer.lora_B.weight).all()
+
+
+def _adapter(run) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+
+
+def test_two_threads_advancing_one_run_give_one_threads_weights(setup):
+    """A page's timer tick and a full rerun both call advance(): exactly one of them steps."""
+    import threading
+    alone = _start(setup, steps=8)
+    while alone.status == "running":
+        alone.advance(seconds=0.0)
+    shared = _start(setup, steps=8)
+    errors, barrier = [], threading.Barrier(2)
+
+    def hammer():
+        barrier.wait()
+        try:
+            while shared.status == "running":
+                shared.advance(seconds=0.01)
+        except Exception as err:  # the bug this guards: "modified by an inplace operation"
+            errors.append(err)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert shared.status == "done" and shared.step == 8 and [h["step"] for h in shared.history] == list(range(1, 9))
+    ours, theirs = _adapter(shared), _adapter(alone)
+    assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
+    assert shared.after["heldout_loss"] == alone.after["heldout_loss"]
+
+
+def test_an_aborted_step_leaves_no_gradients_and_the_next_step_is_the_same(setup, monkeypatch):
+    straight = _start(setup, steps=3)
+    for _ in range(3):
+        straight.trainer.step()
+    run = _start(setup, steps=3)
+    run.trainer.step()
+    before = _adapter(run)
+    real = run.trainer.model.forward
+
+    def fail_mid_step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.logits.sum().backward(retain_graph=True)  # some gradient lands, then the step dies
+        raise KeyboardInterrupt("the page reran mid-step")
+
+    monkeypatch.setattr(run.trainer.model, "forward", fail_mid_step)
+    with pytest.raises(KeyboardInterrupt):
+        run.trainer.step()
+    monkeypatch.undo()
+    assert all(p.grad is None for p in run.trainer.params)
+    after = _adapter(run)
+    assert all(torch.equal(after[n], before[n]) for n in before) and run.step == 1
+    run.trainer.step()
+    run.trainer.step()
+    ours, theirs = _adapter(run), _adapter(straight)
+    assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
+
+
+def test_finish_waits_for_a_step_in_progress_and_pause_stops_the_time_box(setup):
+    import threading
+    run = _start(setup, steps=500)
+    worker = threading.Thread(target=run.advance, kwargs={"seconds": 30.0})
+    worker.start()
+    while run.step < 2:
+        pass
+    run.pause()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and run.status == "paused"  # pause ended the 30 s box after one step
+    paused_at = run.step
+    assert run.advance(seconds=1.0) == [] and run.step == paused_at
+    run.resume()
+    worker = threading.Thread(target=run.advance, kwargs={"seconds": 30.0})
+    worker.start()
+    while run.step == paused_at:
+        pass
+    run.finish("stopped")           # waits for the stepper, then measures once
+    worker.join(timeout=60)
+    assert run.status == "stopped" and run.after and run.advance(1.0) == []
+    assert run.probes[-1]["step"] == run.step
+
+
+def test_a_diverged_runs_message_speaks_to_a_learner_not_a_script(setup):
+    wild = _start(setup, steps=4)
+    layer = lc.lora_layers(wild.model)[0][1]
+    with torch.no_grad():
+        layer.lora_B.weight.fill_(float("inf"))
+    while wild.status == "running":
+        wild.advance(seconds=0.0)
+    assert wild.message.startswith("Training diverged: the loss became nan at step 1 (learning rate")
+    assert "Trainer" not in wild.message and "max_grad_norm" not in wild.message

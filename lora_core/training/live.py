@@ -13,6 +13,7 @@ completions of a few held-out prompts (what has it learned?).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from .data import Dataset, general_english
 from .trainer import TrainConfig, Trainer, TrainingDiverged
 
 STATUSES = ("running", "paused", "done", "stopped", "diverged")
+DIVERGED_MESSAGE = "Training diverged: {reason}."  # a learner's words; the Trainer's message speaks to scripts
 
 
 @dataclass
@@ -50,6 +52,8 @@ class LiveRun:
     base_name: str = ""            # the base model's name, e.g. "distilgpt2-random" (set by the caller)
     base_precision: str = "fp32"   # how the frozen base is stored: fp32, bf16 or nf4 (set by the caller)
     base_bytes: int = 0            # its size in memory
+    # One stepper at a time: a page's timed fragment and a full rerun may both call advance()
+    _stepper: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def start(cls, base: nn.Module, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, lora_config: LoraConfig,
@@ -82,23 +86,34 @@ class LiveRun:
         return trainable_parameters(self.model)
 
     def advance(self, seconds: float = 1.0) -> list[dict]:
-        """Take steps until `seconds` have passed (at least one) or the schedule ends."""
-        if self.status != "running":
+        """Take steps until `seconds` have passed (at least one), the schedule ends or the run is paused.
+
+        Safe to call from several threads: one steps, the others return [] at once instead of
+        waiting (a UI's timer tick and a full rerun must not queue up behind each other, or both
+        backpropagate through one graph).
+        """
+        if self.status != "running" or not self._stepper.acquire(blocking=False):
             return []
+        try:
+            return self._advance(seconds)
+        finally:
+            self._stepper.release()
+
+    def _advance(self, seconds: float) -> list[dict]:
         out, start = [], time.perf_counter()
-        while self.step < self.train_config.steps:
+        while self.status == "running" and self.step < self.train_config.steps:
             try:
                 out.append(self.trainer.step())
             except TrainingDiverged as err:
-                self.status, self.message = "diverged", str(err)
-                self.finish("diverged")  # the adapter is back at its last good weights: measure it like a stop
+                self.status, self.message = "diverged", DIVERGED_MESSAGE.format(reason=err.reason)
+                self._finish("diverged")  # the adapter is back at its last good weights: measure it like a stop
                 return out
             if self.step % self.probe_every == 0:
                 self._probe()
             if time.perf_counter() - start >= seconds:
                 break
         if self.step >= self.train_config.steps:
-            self.finish("done")
+            self._finish("done")
         return out
 
     def pause(self) -> None:
@@ -109,11 +124,23 @@ class LiveRun:
         if self.status == "paused":
             self.status = "running"
 
+    def stop(self) -> None:
+        """Stop at once, without waiting for a step in progress; `finish()` measures the result later."""
+        if self.status in ("running", "paused"):
+            self.status = "stopped"
+
     def finish(self, status: str = "stopped") -> None:
-        """End the run (keeping the adapter) and measure the "after" numbers once."""
+        """End the run (keeping the adapter) and measure the "after" numbers once.
+
+        Waits for a step in progress on another thread (at most one time box), then measures.
+        """
         if status not in STATUSES:
             raise ValueError(f"status={status!r} is not allowed: use one of {STATUSES}")
-        if self.status in ("done", "stopped") and self.after:
+        with self._stepper:
+            self._finish(status)
+
+    def _finish(self, status: str) -> None:
+        if self.status in ("done", "stopped", "diverged") and self.after:
             return
         self.status = status if self.status != "diverged" else "diverged"
         if not self.probes or self.probes[-1]["step"] != self.step:

@@ -49,7 +49,15 @@ _GLOBAL_RNG_LOCK = threading.Lock()
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient stopped being finite; the adapter was restored to its last good weights."""
+    """The loss or gradient stopped being finite; the adapter was restored to its last good weights.
+
+    `reason` says what happened in words any reader follows ("the loss became nan at step 7 (learning
+    rate 3)"); the message adds what a script should do next. A UI shows `reason` with its own advice.
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:
@@ -213,10 +221,10 @@ class Trainer:
         self._restore(self._last_good)
         self.diverged = True
         self.model.eval()
-        raise TrainingDiverged(
-            f"{what} became {value} at step {self.step_count + 1} (lr={lr:.3g}): training stopped and the "
-            f"adapter was restored to the weights step {self.step_count} ran with (the last finite loss). "
-            "Try a lower lr or max_grad_norm, then start a new Trainer.")
+        reason = (f"{what} became {value} at step {self.step_count + 1} (learning rate {lr:.3g}), so training "
+                  f"stopped and the adapter was restored to the weights step {self.step_count} ran with "
+                  "(the last finite loss)")
+        raise TrainingDiverged(f"{reason}. Try a lower lr or max_grad_norm, then start a new Trainer.", reason)
 
     # --- training ------------------------------------------------------------------------------
     def step(self) -> dict:
@@ -233,11 +241,42 @@ class Trainer:
         lr = lr_at(cfg, self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        queue, order = list(self._queue), self._order_rng.get_state()
+        before = self._snapshot()
+        try:
+            loss_sum, tokens, norm = self._forward_backward(lr)
+        except TrainingDiverged:
+            raise
+        except BaseException:
+            # An aborted step (an error, an interrupt) leaves nothing half-done: no partial gradients,
+            # the weights it started from, the same batches and dropout next time.
+            self.optimizer.zero_grad(set_to_none=True)
+            self._restore(before)
+            self._queue = queue
+            self._order_rng.set_state(order)
+            model.eval()
+            raise
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        self._last_good = before  # these weights gave a finite loss
+        self.step_count += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # honest timings: wait for the GPU
+        seconds = time.perf_counter() - start
+        metrics = {"step": self.step_count, "loss": loss_sum, "lr": lr, "grad_norm": norm.item(),
+                   "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                   "delta_norm": delta_norm(model)}
+        self.history.append(metrics)
+        return metrics
+
+    def _forward_backward(self, lr: float) -> tuple[float, int, torch.Tensor]:
+        """The step's micro-batches forward and backward, then clipping: (loss, tokens, grad norm)."""
+        cfg, model = self.cfg, self.model
         batches = [self._next_batch() for _ in range(cfg.grad_accum)]
         # Normalise by the step's total number of target tokens, so accumulation gives the same
         # gradient as one big batch (a per-micro-batch mean would weight short batches up).
         n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        before = self._snapshot()
         loss_sum, tokens = 0.0, 0
         model.train()
         with self._own_rng():
@@ -254,19 +293,7 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or math.inf)
         if not torch.isfinite(norm):
             self._diverge("the gradient norm", norm.item(), lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        model.eval()
-        self._last_good = before  # these weights gave a finite loss
-        self.step_count += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # honest timings: wait for the GPU
-        seconds = time.perf_counter() - start
-        metrics = {"step": self.step_count, "loss": loss_sum, "lr": lr, "grad_norm": norm.item(),
-                   "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                   "delta_norm": delta_norm(model)}
-        self.history.append(metrics)
-        return metrics
+        return loss_sum, tokens, norm
 
     def run(self, n: int, callback: Callable[[dict], bool | None] | None = None) -> list[dict]:
         """Take n steps; call callback(metrics) every cfg.log_every steps and on the last.
