@@ -1,13 +1,25 @@
 """Load an adapter: upload a PEFT-format .zip, have lora_core check all of it, then see what it holds and does."""
 
 import hashlib
+from collections.abc import Callable
 
 import streamlit as st
 
 import lora_core as lc
 from lora_core import training, viz
+from lora_core.serve.upload_limits import upload_limit
 from lora_core.teach import adapter_views
-from pages.common import RUN, base_model, last_good, model_picker, settings, upload_widget
+from pages.common import (
+    RUN,
+    Unexpected,
+    base_model,
+    draw_unexpected,
+    last_good,
+    log_unexpected,
+    model_picker,
+    settings,
+    upload_widget,
+)
 
 st.title("Load an adapter")
 st.markdown("Upload a LoRA adapter in Hugging Face PEFT's format: a .zip holding `adapter_config.json` and "
@@ -15,7 +27,10 @@ st.markdown("Upload a LoRA adapter in Hugging Face PEFT's format: a .zip holding
             "is checked before it touches a model: the zip's members, every config field, and each tensor's name, "
             "shape, dtype and values. Weights are read as safetensors only, never unpickled.")
 
+# LOADED: the adapter on show, KEY: (base, sha256) of the file it came from; ERROR: (key, message or bug) of the
+# last file that failed, redrawn on every rerun while that same file is chosen, forgotten when it leaves.
 LOADED, KEY, ERROR, GENERATED = "adapters:loaded", "adapters:key", "adapters:error", "adapters:generated"
+IN_SESSION = "the adapter trained in this session"
 
 
 @st.cache_data(show_spinner=False)
@@ -23,12 +38,38 @@ def default_prompt() -> str:
     return training.load_dataset("recommendations").test[0][0]
 
 
-def load(model_name: str, data: bytes, label: str) -> dict:
-    """Check the upload against the shared base, then load it into this session's own copy of the base."""
+def load(model_name: str, data: bytes, label: str, source: str) -> dict:
+    """Check the .zip against the shared base, then load it into this session's own copy of the base.
+
+    The size limit is the one in force (never below the largest adapter the Fine-tuning page makes);
+    `source` names the .zip in messages: an upload, or the adapter trained in this session.
+    """
     limits = settings()
     model, tok = base_model(model_name)
-    loaded = adapter_views.load_adapter_upload(model, data, model_name, limits.max_adapter_bytes, limits.max_r)
+    loaded = adapter_views.load_adapter_upload(model, data, model_name,
+                                               upload_limit(limits, "max_adapter_bytes").max_bytes, limits.max_r,
+                                               source=source)
     return {**loaded, "label": label, "model_name": model_name, "tokenizer": tok}
+
+
+def try_to_load(key: tuple[str, str], zip_bytes: Callable[[], bytes], label: str, source: str) -> None:
+    """Load a newly chosen .zip once; an error is kept with its key, so it is shown until the file goes.
+
+    The key is recorded only once the adapter has loaded, or its error is stored to be shown: a failure never
+    leaves the file looking handled.
+    """
+    with st.spinner("Checking the adapter and loading it onto the base…"):
+        try:
+            st.session_state[LOADED] = load(key[0], zip_bytes(), label, source)
+        except ValueError as err:  # the message names the file, field or tensor, its value and what is allowed
+            st.session_state[ERROR] = (key, str(err))
+            return
+        except Exception as err:  # a bug: logged once with a reference; the learner keeps seeing it
+            st.session_state[ERROR] = (key, log_unexpected(err, "loading the adapter"))
+            return
+    st.session_state[KEY] = key
+    st.session_state.pop(ERROR, None)
+    st.session_state.pop(GENERATED, None)  # those generations came from the previous adapter
 
 
 # --- 1. the base and the adapter --------------------------------------------------------------------
@@ -37,35 +78,37 @@ model_name = model_picker("base model", help="an adapter fits only a base with t
                                              "something only on the base it was trained on")
 run = st.session_state.get(RUN)
 trained_here = run is not None and run.status not in ("running", "paused")
-options = ["upload a .zip", "the adapter trained in this session"] if trained_here else ["upload a .zip"]
+options = ["upload a .zip", IN_SESSION] if trained_here else ["upload a .zip"]
 source = st.radio("adapter", options, horizontal=True)
-data, label = None, None
+chosen = None  # (what identifies the .zip, how to get its bytes, its label, its name in messages)
 if source == "upload a .zip":
     upload = upload_widget("adapter .zip (PEFT format)", "max_adapter_bytes", type=["zip"])
     if upload is not None:
-        data, label = upload.getvalue(), upload.name
-else:
-    data = lc.adapter_zip(run.model)
-    label = f"trained in this session: r={run.lora_config.r}, {run.step} steps"
+        chosen = (hashlib.sha256(upload.getvalue()).hexdigest(), upload.getvalue, upload.name, "adapter upload")
+else:  # zipped only when loaded: a new zip's timestamps differ, so the run and its step identify it
+    chosen = (f"run {id(run)} at step {run.step}", lambda: lc.adapter_zip(run.model),
+              f"trained in this session: r={run.lora_config.r}, {run.step} steps", IN_SESSION)
 
-if data is not None:
-    key = (model_name, hashlib.sha256(data).hexdigest())
-    if st.session_state.get(KEY) != key:  # a new upload or base: check and load once, not on every rerun
-        st.session_state[KEY], st.session_state[ERROR] = key, None
-        with st.spinner("Checking the adapter and loading it onto the base…"):
-            try:
-                st.session_state[LOADED] = load(model_name, data, label)
-                st.session_state.pop(GENERATED, None)  # those generations came from the previous adapter
-            except ValueError as err:  # the message names the file, field or tensor, its value and what is allowed
-                st.session_state[ERROR] = str(err)
-if data is not None and st.session_state.get(ERROR):
-    st.error(st.session_state[ERROR], icon="⚠️")
+failed = None
+if chosen is None:
+    st.session_state.pop(ERROR, None)  # the failed file left the uploader: choosing it again checks it again
+else:
+    key = (model_name, chosen[0])
+    error = st.session_state.get(ERROR)
+    if st.session_state.get(KEY) != key and (error is None or error[0] != key):  # new: check and load it once
+        try_to_load(key, *chosen[1:])
+    error = st.session_state.get(ERROR)
+    failed = error[1] if error is not None and error[0] == key else None
+if isinstance(failed, Unexpected):
+    draw_unexpected(failed)
+elif failed is not None:
+    st.error(failed, icon="⚠️")
 loaded = st.session_state.get(LOADED)
 if loaded is None:
     st.info("No adapter loaded yet. Train one on the **Live fine-tuning** page and download it, then upload the "
             ".zip here.")
     st.stop()
-if data is not None and st.session_state.get(ERROR):
+if failed is not None:
     st.caption(f"Still showing the adapter loaded before: **{loaded['label']}** on `{loaded['model_name']}`.")
 
 # --- 2. what it is -----------------------------------------------------------------------------------

@@ -6,18 +6,23 @@ Pages hold no math. They collect inputs, call lora_core, and draw with lora_core
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import streamlit as st
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import lora_core as lc
 from lora_core.config import ALL_LINEAR as ALL_LINEAR  # re-exported: the library's name for every linear layer
 from lora_core.models.sources import LOADABLE, ModelSource
 from lora_core.serve.admission import TrainingSlots
+from lora_core.serve.runs import RunRegistry
 from lora_core.serve.settings import Settings, load_settings
 from lora_core.serve.upload_limits import upload_limit
 from lora_core.teach.ledger_views import model_facts as facts_of
@@ -72,8 +77,9 @@ def navigation_pages() -> list[st.Page]:
 
 # --- session keys more than one page reads -----------------------------------------------------------------
 RUN = "finetune:run"                     # the Fine-tuning page's LiveRun; Load an adapter offers its adapter
+RUN_ID = "finetune:run_id"               # that run's id in the server's RunRegistry (and in the page's URL)
 TRAINED_ADAPTERS = "trained_adapters"    # {label: adapter_directions}: written by Fine-tuning, read by Rank/SVD
-SESSION_ID = "session_id"                # this browser session's id in the training queue
+SESSION_ID = "session_id"                # this session's id where no Streamlit server runs it (AppTest)
 
 
 def last_good(key: str, build: Callable[[], T]) -> T | None:
@@ -182,15 +188,95 @@ def training_slots() -> TrainingSlots:
     return TrainingSlots(s.training_slots, s.heartbeat_seconds)
 
 
+@st.cache_resource(show_spinner=False)
+def run_registry() -> RunRegistry:
+    """The server's live runs by id, so a reloaded tab finds its run (thread-safe, meant to change)."""
+    return RunRegistry()
+
+
 def session_id() -> str:
-    """A stable id for this browser session (for the training queue)."""
-    return st.session_state.setdefault(SESSION_ID, uuid.uuid4().hex)
+    """This browser session's id: Streamlit's own, so the server can tell when the tab has gone."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else st.session_state.setdefault(SESSION_ID, uuid.uuid4().hex)
 
 
-def show_unexpected(err: Exception, where: str) -> None:
-    """A bug, not bad input: a short message, the details folded away, a log line; the session goes on."""
-    log.exception("unexpected error in %s", where, exc_info=err)
-    st.error(f"Something went wrong in {where}. Your settings and runs are kept: try again, or pick another "
-             "page. (This is a bug in LoRA Lab, not something you did.)")
+def session_alive(sid: str) -> bool:
+    """Is session `sid` still connected? (Always True without a server, e.g. under AppTest.)"""
+    return not runtime.exists() or runtime.get_instance().is_active_session(sid)
+
+
+def let_go_of_closed_tabs() -> None:
+    """Free the training slots of runs whose tab has closed, and drop runs nobody reloaded in time."""
+    for run_id in run_registry().sweep(session_alive):
+        training_slots().release(run_id)
+
+
+# --- the error boundary: app.py's try around every page, and guarded_fragment around every fragment --------------
+# An absolute path (POSIX, or Windows with a drive letter) of two or more parts: the last part is kept.
+_PATH = re.compile(r"(?<![\w.~:/])(?:/[^\s/\\'\"():,;]+)+/([^\s/\\'\"():,;]+)"
+                   r"|\b[A-Za-z]:\\(?:[^\s\\'\"():,;]+\\)*([^\s\\'\"():,;]+)")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute path cut to its file name: a learner sees 'uploads.py', never the server's tree."""
+    return _PATH.sub(lambda m: m.group(1) or m.group(2), text)
+
+
+@dataclass(frozen=True)
+class Unexpected:
+    """A bug a learner met: where, a reference that is also in the server log, and what is safe to show them."""
+
+    where: str
+    reference: str   # 8 hex digits, in the log line with the full traceback: a teacher greps for it
+    summary: str     # the exception's type and message, paths cut to file names
+
+
+def log_unexpected(err: Exception, where: str) -> Unexpected:
+    """Log `err` with its full traceback under a new reference; return what a learner may see of it."""
+    reference = uuid.uuid4().hex[:8]
+    log.exception("unexpected error in %s (reference %s)", where, reference, exc_info=err)
+    return Unexpected(where, reference, without_paths(f"{type(err).__name__}: {err}"))
+
+
+def draw_unexpected(bug: Unexpected) -> None:
+    """The learner's side of a bug: a short message with the reference, the type and message folded away."""
+    st.error(f"Something went wrong in {bug.where}. Your settings and runs are kept: try again, or pick another "
+             f"page. (This is a bug in LoRA Lab, not something you did. Reference: {bug.reference}.)")
     with st.expander("details"):
-        st.exception(err)
+        st.text(bug.summary)
+        st.caption(f"The full error is in the server's log under reference {bug.reference}.")
+
+
+def show_unexpected(err: Exception, where: str) -> Unexpected:
+    """A bug, not bad input: a short message, the details folded away, a log line; the session goes on.
+
+    The traceback (with the server's file paths) goes to the log only; the page shows the error's type and
+    message with paths cut to file names, and a reference that finds the log line.
+    """
+    bug = log_unexpected(err, where)
+    draw_unexpected(bug)
+    return bug
+
+
+Draw = Callable[..., None]  # a function that draws part of a page
+
+
+def guarded_fragment(where: str, run_every: float | None = None) -> Callable[[Draw], Draw]:
+    """`@st.fragment(run_every=...)` with the page's error boundary, for every fragment in pages/.
+
+    A fragment's own reruns never pass through app.py's try around the page, and Streamlit would print a
+    raw traceback instead. Here a ValueError (bad input: its message names the field) is shown inline, and
+    any other Exception is a bug: `show_unexpected(err, where)`. st.rerun and st.stop pass through (they
+    are not Exceptions).
+    """
+    def decorate(draw: Draw) -> Draw:
+        @functools.wraps(draw)  # keeps the name Streamlit identifies the fragment by
+        def guarded(*args: Any, **kwargs: Any) -> None:
+            try:
+                draw(*args, **kwargs)
+            except ValueError as err:
+                st.error(f"{err}", icon="⚠️")
+            except Exception as err:  # a bug: logged, and told to the learner
+                show_unexpected(err, where)
+        return st.fragment(guarded, run_every=run_every)
+    return decorate

@@ -8,21 +8,27 @@ import streamlit as st
 
 import lora_core as lc
 from lora_core import viz
+from lora_core.config import MAX_LORA_ALPHA
+from lora_core.serve.runs import RELOAD_GRACE_SECONDS
 from lora_core.teach import adapter_views, low_rank, merge_check
 from lora_core.training import run_setup
 from lora_core.training.live import LiveRun
 from pages.common import (
     ALL_LINEAR,
     RUN,
+    RUN_ID,
     TRAINED_ADAPTERS,
     base_model,
     base_variant,
+    guarded_fragment,
     last_good,
+    let_go_of_closed_tabs,
     model_picker,
     model_sources,
+    run_registry,
+    session_alive,
     session_id,
     settings,
-    show_unexpected,
     training_slots,
     upload_widget,
 )
@@ -52,10 +58,12 @@ if not sources["distilgpt2"].available:
 with st.spinner(f"Loading {model_name}…"):
     candidates = module_names(model_name)
 
+limits = settings()  # every limited input's maximum is the server's own limit
 with st.form("config"):
     c1, c2, c3, c4 = st.columns(4)
-    r = c1.select_slider("r", [1, 2, 4, 8, 16, 32, 64], value=8)
-    alpha = c2.number_input("lora_alpha", value=16.0, step=1.0)
+    ranks = [c for c in run_setup.R_CHOICES if c <= limits.max_r]
+    r = c1.select_slider("r", ranks, value=8 if 8 in ranks else ranks[-1])
+    alpha = c2.number_input("lora_alpha", value=16.0, step=1.0, max_value=MAX_LORA_ALPHA)
     dropout = c3.number_input("lora_dropout", value=0.0, step=0.05, format="%.2f")
     init = c4.selectbox("init_lora_weights", run_setup.INIT_CHOICES,
                         format_func=lambda v: {True: "True (Kaiming A, zero B)",
@@ -64,10 +72,13 @@ with st.form("config"):
     targets = c1.multiselect("target_modules", [*candidates, ALL_LINEAR], default=run_setup.default_targets(candidates))
     rslora = c2.toggle("use_rslora (α/√r)", value=False)
     lr = c3.number_input("learning rate", value=2e-3, format="%.0e", step=1e-4)
-    steps = c4.number_input("steps", value=40, min_value=1, max_value=2000, step=10)
+    steps = c4.number_input("steps", value=min(40, limits.max_steps), min_value=1, max_value=limits.max_steps,
+                            step=10)
     c1, c2, c3, c4 = st.columns(4)
-    batch = c1.number_input("batch size", value=8, min_value=1, max_value=64)
-    seq_len = c2.number_input("sequence length", value=64, min_value=8, max_value=512, step=8)
+    batch = c1.number_input("batch size", value=min(8, limits.max_batch_size), min_value=1,
+                            max_value=limits.max_batch_size)
+    seq_len = c2.number_input("sequence length", value=min(64, limits.max_seq_len), min_value=8,
+                              max_value=limits.max_seq_len, step=8)
     data_name = c3.selectbox("data", run_setup.DATA_CHOICES)
     precision = c1.selectbox("base precision", run_setup.PRECISIONS,
                              format_func=lambda p: {"nf4": "NF4 (QLoRA, from scratch)"}.get(p, p),
@@ -88,47 +99,62 @@ def new_run() -> LiveRun:
     return run_setup.start_run(plan, *base_variant(model_name, precision))
 
 
-slots, sid = training_slots(), session_id()
+slots, runs, sid = training_slots(), run_registry(), session_id()
+let_go_of_closed_tabs()
 if start:
-    slots.release(sid)  # a new run goes to the back of the queue
+    if (old := st.session_state.get(RUN_ID)) is not None:
+        slots.release(old)  # a new run goes to the back of the queue
+        runs.forget(old)
     with st.spinner("Preparing the run: held-out BLEU, perplexity and samples before training…"):
         run = last_good("finetune:start", new_run)
     if run is not None and run is not st.session_state.get(RUN):
-        st.session_state[RUN] = run
-        st.session_state.setdefault(TRAINED_ADAPTERS, {})
+        run_id = last_good("finetune:register", lambda: runs.register(run, sid))
+        if run_id is not None:
+            st.session_state[RUN], st.session_state[RUN_ID] = run, run_id
+            st.session_state.setdefault(TRAINED_ADAPTERS, {})
+
+if RUN not in st.session_state and (wanted := st.query_params.get("run")):
+    # a reload is a new session: the run's id in the URL finds the run again
+    found = runs.claim(wanted, sid, session_alive, wait_seconds=3.0)
+    if found is not None:
+        st.session_state[RUN], st.session_state[RUN_ID] = found, wanted
+        st.toast("Found your run again after the reload.", icon=":material/restore:")
+    else:
+        del st.query_params["run"]
+        st.warning("The run in this page's link is no longer here: it ended more than "
+                   f"{RELOAD_GRACE_SECONDS:.0f} s after its tab closed, the server restarted, or another open "
+                   "tab is driving it. Start a new run below.")
 
 run: LiveRun | None = st.session_state.get(RUN)
 if run is None:
     st.info("No run yet in this session. The defaults train in about a minute on a laptop CPU.")
     st.stop()
+run_id = st.session_state[RUN_ID]
+st.query_params["run"] = run_id  # a reload of this tab comes back to this run
 
 # --- 2. live training ----------------------------------------------------------------------------
 st.header("2. Training")
+# on_click runs before the page is drawn, so every button below shows the state after the click
 b1, b2, b3, _ = st.columns([1, 1, 1, 4])
-if b1.button("Pause", disabled=run.status != "running"):
-    run.pause()
-if b2.button("Resume", disabled=run.status != "paused"):
-    run.resume()
-if b3.button("Stop", disabled=run.status not in ("running", "paused")):
+b1.button("Pause", disabled=run.status != "running", on_click=run.pause)
+b2.button("Resume", disabled=run.status != "paused", on_click=run.resume)
+b3.button("Stop", disabled=run.status not in ("running", "paused"), on_click=run.stop)
+if run.status == "stopped" and not run.after:
     with st.spinner("Measuring the adapter after training…"):
         run.finish("stopped")
+if run.status != "running":
+    slots.release(run_id)
 
 
-@st.fragment(run_every=1.0 if run.status == "running" else None)
+@guarded_fragment("live training", run_every=1.0 if run.status == "running" else None)
 def live() -> None:
-    try:
-        draw_live()
-    except Exception as err:  # a fragment rerun is outside app.py's guard
-        show_unexpected(err, "live training")
-
-
-def draw_live() -> None:
+    let_go_of_closed_tabs()  # each tick: a closed tab's slot goes to the next in line at once
     was_running = run.status == "running"
-    place = slots.request(sid) if was_running else 0
+    place = slots.request(run_id) if was_running else 0
     if was_running and place == 0:
         run.advance(seconds=1.0)
     if run.status != "running":
-        slots.release(sid)
+        slots.release(run_id)
     if place:
         load = slots.snapshot()
         st.warning(f"Waiting for a training slot: you are number {place} in line "
@@ -156,7 +182,7 @@ def draw_live() -> None:
     st.dataframe([{"held-out prompt": p, f"greedy at step {view['samples_step']}": s} for p, s in view["samples"]],
                  hide_index=True)
     if was_running and run.status != "running":
-        st.rerun()  # the run ended inside the fragment: redraw the whole page with the results
+        st.rerun()  # the run ended (or was paused) inside the fragment: redraw the page's buttons and results
 
 
 live()

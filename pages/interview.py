@@ -1,7 +1,8 @@
 """Interview prep: a quiz with randomised numbers, and the whole LoRA question bank with computed answers.
 
 Questions, answers and checks come from lora_core.teach.interview (its numeric and conceptual tables); their
-evidence is measured by lora_core.teach. The quiz is a fragment, so answering reruns only the quiz.
+evidence is measured by lora_core.teach. The quiz is a fragment, so answering reruns only the quiz; it has
+the page's error boundary (pages.common.guarded_fragment), as every fragment does.
 """
 
 import random
@@ -9,6 +10,7 @@ import random
 import streamlit as st
 
 from lora_core.teach.interview import quiz
+from pages.common import guarded_fragment
 from pages.evidence_view import show_evidence
 
 ANY = "any topic"
@@ -43,7 +45,7 @@ st.markdown("The questions a strong interviewer asks about LoRA, QLoRA and PEFT.
 st.header("1. Quiz")
 
 
-@st.fragment
+@guarded_fragment("the quiz")
 def quiz_fragment() -> None:
     """One question at a time: a fragment, so answering reruns only this part of the page."""
     c1, c2 = st.columns([3, 1])
@@ -62,7 +64,7 @@ def quiz_fragment() -> None:
     with st.form("interview:answer", clear_on_submit=False, border=False):
         placeholder = "a number, e.g. 147,456 or 0.18%" if q.numeric else "a sentence or two"
         text = st.text_input("your answer", key=f"interview:answer:{state['interview:draws']}",
-                             placeholder=placeholder)
+                             placeholder=placeholder, max_chars=quiz.MAX_ANSWER_CHARS)
         if st.form_submit_button("Check"):
             state["interview:verdict"] = quiz.check_answer(q, text)
     verdict = state.get("interview:verdict")

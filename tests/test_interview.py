@@ -5,6 +5,7 @@ import dataclasses
 import math
 import random
 import re
+import time
 
 import pytest
 import torch
@@ -176,3 +177,47 @@ def test_light_concept_evidence_is_not_empty():
             continue
         ev = quiz.evidence_for(q)
         assert ev.metrics or ev.table or ev.figure or ev.code, q.kind
+
+
+# --- answers that are not numbers: a message, never an exception (issue 11, items 7 and 12) --------------------------
+@pytest.mark.parametrize("text,reason", [("1/0", "can't divide by zero"), ("0/0", "can't divide by zero"),
+                                         ("1.5/0.0k", "can't divide by zero"), ("1e400", "too large"),
+                                         ("1e308k", "too large"), ("9" * 400, "too long"),
+                                         ("nan", "is not a number"), ("inf", "is not a number")],
+                         ids=["1/0", "0/0", "zero-denominator-with-suffix", "overflow", "overflow-by-suffix",
+                              "400-digits", "nan", "inf"])
+def test_a_number_that_has_no_value_is_explained(text, reason):
+    q = quiz.make_question("layer_params", 4)
+    v = quiz.check_answer(q, text)
+    assert not v.correct and "Could not read a number" in v.explanation and reason in v.explanation
+    assert "r·(in+out)" in v.explanation                      # the formula still comes back
+    assert quiz.parse_number(text) is None
+    with pytest.raises(ValueError, match=reason):
+        quiz.read_number(text)
+
+
+@pytest.mark.parametrize("text", ["1,2,3", "1 2 3", "12,34", "1234,567", "0,18", "1,234,56", "147,456 789"])
+def test_separators_count_only_between_groups_of_three_digits(text):
+    assert quiz.parse_number(text) is None
+    with pytest.raises(ValueError, match="groups of three digits"):
+        quiz.read_number(text)
+    q = quiz.make_question("model_trainable", 0)
+    assert "groups of three digits" in quiz.check_answer(q, text).explanation
+
+
+@pytest.mark.parametrize("text,value", [("1,234", 1234), ("12,345,678", 12345678), ("147 456", 147456),
+                                        ("1'234'567", 1234567), ("147_456", 147456), ("-1,234.5", -1234.5),
+                                        ("147\u202f456 params", 147456), ("16 / 64", 0.25), ("1.5 k", 1500)])
+def test_valid_thousands_groupings_still_read(text, value):
+    assert quiz.read_number(text).value == pytest.approx(value)
+
+
+def test_a_long_answer_is_echoed_shortened_and_read_in_linear_time():
+    q = quiz.make_question("model_trainable", 0)
+    for text in ("x" * 20_000, "9" * 20_000 + "z", "1," * 10_000):
+        start = time.perf_counter()
+        v = quiz.check_answer(q, text)
+        assert time.perf_counter() - start < 0.5, text[:10]   # a backtracking regex took 70 s on the second
+        assert not v.correct and text[:80] in v.explanation and text[:81] not in v.explanation
+        assert "…" in v.explanation and len(v.explanation) < 600
+    assert quiz.echo("short") == "'short'" and quiz.echo("y" * 100) == repr("y" * 80 + "…")

@@ -54,3 +54,11 @@ def test_start_run_labels_the_run_with_its_base_and_the_views_read_it():
     assert run_setup.adapter_label(run) == "tiny-gpt2 r=4 (2 steps)"
     assert run_setup.download_name(run) == "lora-tiny-gpt2-r4.zip"
     assert "PeftModel.from_pretrained" in run_setup.export_snippet(run)
+
+
+@pytest.mark.parametrize("model,suggested", [("smollm2-135m", "['q_proj', 'v_proj']"),
+                                             ("distilgpt2-random", "['c_attn']")])
+def test_an_empty_target_list_suggests_the_models_own_modules(model, suggested):
+    with pytest.raises(ValueError, match=rf"target_modules=\[\] is not allowed: pick at least one module of {model}, "
+                                         rf"e\.g\. {suggested.replace('[', '[[]')}"):
+        run_setup.plan_run(RunRequest(model, target_modules=[]), Settings())

@@ -23,7 +23,9 @@ class Settings:
     """Limits for a shared server, how many training jobs may run at once, and where models live."""
 
     max_upload_bytes: int = 2_000_000
-    max_adapter_bytes: int = 50_000_000  # an uploaded adapter .zip (and each file inside it)
+    # An uploaded adapter .zip (and each file inside it). The limit in force is never below the largest adapter
+    # the Fine-tuning page can make (serve.upload_limits.adapter_limit), so the app's own adapters load back.
+    max_adapter_bytes: int = 50_000_000
     max_dataset_rows: int = 5000
     max_seq_len: int = 256
     max_steps: int = 2000
@@ -43,11 +45,6 @@ class Settings:
             what = key.removeprefix("max_")
             raise ValueError(f"{what}={value:,} is over this server's limit: at most {limit:,} "
                              f"({key} in the settings file)")
-
-    @property
-    def max_adapter_mib(self) -> int:
-        """max_adapter_bytes rounded up to whole MiB, for Streamlit's uploader (lora_core checks the bytes)."""
-        return max(1, -(-self.max_adapter_bytes // 2**20))
 
     @property
     def models_path(self) -> Path:

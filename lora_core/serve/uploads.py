@@ -3,8 +3,8 @@
 `read_adapter_upload` refuses, with a message naming what is wrong, anything but a zip holding exactly
 adapter_config.json and adapter_model.safetensors within the size limit: path traversal, extra members,
 zip bombs (sizes are checked as they inflate), bad JSON, any config field LoraConfig rejects, and any
-tensor whose name, shape, dtype or values (NaN/inf) do not fit the model. Weights are read as
-safetensors, never unpickled. Only then does `load_adapter_zip` load it.
+tensor whose name, shape, dtype or values (NaN/inf, or so large that ΔW overflows) do not fit the model.
+Weights are read as safetensors, never unpickled. Only then does `load_adapter_zip` load it.
 """
 
 from __future__ import annotations
@@ -22,39 +22,42 @@ from safetensors.torch import load as load_safetensors_bytes
 from ..config import LoraConfig
 from ..inject import inject_lora
 from ..models.sources import build_on_meta
-from ..peft_io import CONFIG_NAME, WEIGHTS_NAME, adapter_keys, load_adapter_tensors
+from ..peft_io import CONFIG_NAME, WEIGHTS_NAME, adapter_keys, check_adapter_values, load_adapter_tensors
 
 UPLOAD_MEMBERS = (CONFIG_NAME, WEIGHTS_NAME)
 UPLOAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def read_adapter_upload(data: bytes, model: nn.Module, max_bytes: int,
-                        max_r: int | None = None) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+def read_adapter_upload(data: bytes, model: nn.Module, max_bytes: int, max_r: int | None = None,
+                        source: str = "adapter upload") -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     """Check an uploaded adapter .zip completely, against `model`'s architecture, without touching `model`.
 
     Returns (config, tensors) that fit `model`; any problem is a ValueError naming the file, field
     or tensor, its value and what is allowed. `max_bytes` bounds the upload and each unpacked file.
+    `source` names the .zip in those messages ("the adapter trained in this session" is not an upload).
     """
-    members = _zip_members(data, max_bytes)
+    members = _zip_members(data, max_bytes, source)
     cfg = _upload_config(members[CONFIG_NAME], max_r)
     tensors = _upload_tensors(members[WEIGHTS_NAME], _expected_shapes(model, cfg))
+    check_adapter_values(model, cfg, tensors)  # finite is not enough: ΔW must not overflow the model's dtype
     return cfg, tensors
 
 
-def load_adapter_zip(model: nn.Module, data: bytes, max_bytes: int, max_r: int | None = None) -> nn.Module:
+def load_adapter_zip(model: nn.Module, data: bytes, max_bytes: int, max_r: int | None = None,
+                     source: str = "adapter upload") -> nn.Module:
     """`read_adapter_upload`, then load it into `model` (injecting LoRA first if it has none)."""
-    cfg, tensors = read_adapter_upload(data, model, max_bytes, max_r)
+    cfg, tensors = read_adapter_upload(data, model, max_bytes, max_r, source)
     return load_adapter_tensors(model, cfg, tensors)
 
 
-def _zip_members(data: bytes, max_bytes: int) -> dict[str, bytes]:
+def _zip_members(data: bytes, max_bytes: int, source: str = "adapter upload") -> dict[str, bytes]:
     """{name: content} of a zip that holds exactly UPLOAD_MEMBERS, each at most `max_bytes` unpacked."""
     if not isinstance(data, (bytes, bytearray)):
-        raise ValueError(f"adapter upload must be bytes, not {type(data).__name__}")
+        raise ValueError(f"{source} must be bytes, not {type(data).__name__}")
     if not data:
-        raise ValueError("adapter upload is empty (0 bytes): upload the .zip the Fine-tuning page downloads")
+        raise ValueError(f"{source} is empty (0 bytes): upload the .zip the Fine-tuning page downloads")
     if len(data) > max_bytes:
-        raise ValueError(f"adapter upload is {len(data):,} bytes, over this server's limit: at most {max_bytes:,} "
+        raise ValueError(f"{source} is {len(data):,} bytes, over this server's limit: at most {max_bytes:,} "
                          "(max_adapter_bytes in the settings file)")
     allowed = f"the zip must hold exactly {CONFIG_NAME} and {WEIGHTS_NAME}, at the top level, and nothing else"
     try:
@@ -78,7 +81,7 @@ def _zip_members(data: bytes, max_bytes: int) -> dict[str, bytes]:
                                      "bytes, over this server's limit (max_adapter_bytes in the settings file)")
                 members[info.filename] = content
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as e:
-        raise ValueError(f"adapter upload is not a readable zip archive ({e}): upload the .zip the "
+        raise ValueError(f"{source} is not a readable zip archive ({e}): upload the .zip the "
                          "Fine-tuning page downloads") from None
     return members
 

@@ -24,13 +24,14 @@ FIRST_LAYERS = 8  # layers drawn in a spectrum figure when nothing else is chose
 
 
 def load_adapter_upload(base: nn.Module, data: bytes, model_name: str, max_bytes: int,
-                        max_r: int | None = None) -> dict:
+                        max_r: int | None = None, source: str = "adapter upload") -> dict:
     """Check an uploaded adapter .zip against `base`, then load it into a new module tree over `base`.
 
     `base` (a cached, shared model) is never written: the adapter goes into `shared_base_copy(base)`.
+    `source` names the .zip in error messages (an upload, or the adapter trained in this session).
     Returns the adapted model (in eval mode), its config, its ledger and its per-layer spectrum report.
     """
-    adapted = load_adapter_zip(shared_base_copy(base), data, max_bytes, max_r).eval()
+    adapted = load_adapter_zip(shared_base_copy(base), data, max_bytes, max_r, source).eval()
     return {"model": adapted, "config": adapted.lora_config, "ledger": ledger_of(adapted, model_name),
             "report": adapter_report(adapted)}
 

@@ -18,6 +18,8 @@ import torch.nn as nn
 from transformers import PreTrainedTokenizerBase
 
 from ..config import ALL_LINEAR, LoraConfig
+from ..inject import candidate_modules
+from ..models.sources import build_on_meta
 from ..peft_io import peft_snippet
 from ..quant.nf4 import PRECISIONS, weight_bytes
 from .data import Dataset, load_dataset, load_jsonl
@@ -27,13 +29,16 @@ from .trainer import TrainConfig
 if TYPE_CHECKING:
     from ..serve.settings import Settings
 
-__all__ = ["DATA_CHOICES", "INIT_CHOICES", "PRECISIONS", "RunPlan", "RunRequest", "adapter_label", "default_targets",
-           "download_name", "export_snippet", "live_view", "plan_run", "results_view", "start_run"]
+__all__ = ["DATA_CHOICES", "INIT_CHOICES", "PRECISIONS", "R_CHOICES", "RunPlan", "RunRequest", "adapter_label",
+           "default_targets", "download_name", "export_snippet", "live_view", "plan_run", "results_view", "start_run"]
 
 SHIPPED_DATA = "recommendations"
 UPLOAD = "upload a .jsonl"
 DATA_CHOICES = (SHIPPED_DATA, UPLOAD)
 INIT_CHOICES = (True, "gaussian", "pissa", False)
+# The form's r slider. The Load page's adapter limit is derived from its largest (serve.upload_limits), so
+# every adapter the form can make loads back.
+R_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 FORM_TARGETS = ("q_proj", "v_proj", "c_attn")  # the form's default: PEFT's defaults for Llama and GPT-2
 # What the exported adapter fits, said beside the PEFT snippet for the bases that need a word.
 BASE_NOTES = {"smollm2-135m": "the exact base: SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF. The hub's "
@@ -88,6 +93,11 @@ def plan_run(request: RunRequest, settings: Settings, upload: bytes | None = Non
         settings.check(name, value)
     if request.precision not in PRECISIONS:
         raise ValueError(f"precision={request.precision!r} is not allowed: use one of {', '.join(PRECISIONS)}")
+    if not request.target_modules:
+        # LoraConfig cannot know the model; here we do (a random-weights model has its namesake's shape)
+        suggestion = default_targets(candidate_modules(build_on_meta(request.model_name.removesuffix("-random"))))
+        raise ValueError(f"target_modules=[] is not allowed: pick at least one module of {request.model_name}, "
+                         f"e.g. {suggestion}, or {ALL_LINEAR!r}")
     targets = ALL_LINEAR if ALL_LINEAR in request.target_modules else list(request.target_modules)
     lora_config = LoraConfig(r=request.r, lora_alpha=request.lora_alpha, lora_dropout=request.lora_dropout,
                              target_modules=targets, use_rslora=request.use_rslora,

@@ -16,13 +16,14 @@ from __future__ import annotations
 import random
 
 from ..evidence import Evidence
-from .answers import ParsedNumber, check_answer, parse_number
+from .answers import MAX_ANSWER_CHARS, ParsedNumber, check_answer, echo, parse_number, read_number
 from .concepts import CONCEPTS
 from .numeric import NUMERIC, NUMERIC_BY_KIND
 from .question import TOPICS, Question, Verdict, format_value
 
-__all__ = ["TOPICS", "ParsedNumber", "Question", "Verdict", "check_answer", "evidence_for", "format_value", "kinds",
-           "make_question", "parse_number", "question_bank", "random_question", "topics"]
+__all__ = ["MAX_ANSWER_CHARS", "TOPICS", "ParsedNumber", "Question", "Verdict", "check_answer", "echo", "evidence_for",
+           "format_value", "kinds", "make_question", "parse_number", "question_bank", "random_question", "read_number",
+           "topics"]
 
 # Every kind and its topic, numeric ones first, in table order.
 _TOPIC_OF = {q.kind: q.topic for q in NUMERIC} | {c.kind: c.topic for c in CONCEPTS.values()}
