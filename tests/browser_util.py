@@ -11,11 +11,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,15 @@ needs_chromium = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no chro
 class Server:
     url: str
     proc: subprocess.Popen
+    lines: list[str] = field(default_factory=list)  # the server's output so far (read on a thread, so the
+                                                     # pipe never fills up and blocks the server's logging)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        for line in iter(self.proc.stdout.readline, b""):
+            self.lines.append(line.decode(errors="replace"))
 
     def healthy(self) -> bool:
         try:
@@ -61,12 +71,12 @@ def streamlit_server(env: dict[str, str] | None = None, timeout_s: float = 60) -
                             cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", proc)
+    threading.Thread(target=server._read, daemon=True).start()
     deadline = time.time() + timeout_s
     while not server.healthy():
         if time.time() > deadline or proc.poll() is not None:
             proc.kill()
-            pytest.fail(f"streamlit did not become healthy in {timeout_s:.0f} s:\n"
-                        + proc.stdout.read().decode()[-2000:])
+            pytest.fail(f"streamlit did not become healthy in {timeout_s:.0f} s:\n" + server.log()[-2000:])
         time.sleep(0.3)
     try:
         yield server
