@@ -90,6 +90,15 @@ def streamlit_server(env: dict[str, str] | None = None, timeout_s: float = 60) -
 
 
 @contextmanager
+def settings_server(folder: Path, toml: str) -> Iterator[Server]:
+    """`streamlit_server` under a settings file holding `toml` (written into `folder`), e.g. a small room."""
+    settings = folder / "lora_lab.toml"
+    settings.write_text(toml)
+    with streamlit_server(env={"LORA_LAB_SETTINGS": str(settings)}) as server:
+        yield server
+
+
+@contextmanager
 def chromium() -> Iterator:
     from playwright.sync_api import sync_playwright
 

@@ -141,6 +141,14 @@ PAGE_TIMEOUT = 300  # s per script run: the ceiling for the slowest (Fine-tuning
 PAGE_FILES = {Path(p.path).stem: p.path for p in PAGES}  # "parameters" -> "pages/parameters.py", in teaching order
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright (browser_util), one per test module that asks for it."""
+    from browser_util import chromium
+    with chromium() as b:
+        yield b
+
+
 @pytest.fixture
 def app_page(monkeypatch) -> Callable[..., AppTest]:
     """A factory: `app_page(name, session_state={...})` returns an AppTest that has run app.py and, through its

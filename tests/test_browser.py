@@ -4,7 +4,7 @@ Uses Debian's chromium (`apt-get install chromium`) through Playwright; `make te
 """
 
 import pytest
-from browser_util import SHOTS, chromium, needs_chromium, streamlit_server
+from browser_util import SHOTS, needs_chromium, streamlit_server
 from browser_util import settle as _settle
 
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
@@ -13,12 +13,6 @@ PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank
 TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
 
 pytestmark = needs_chromium
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,12 @@ from pathlib import Path
 import pytest
 from browser_util import (
     SHOTS,
-    chromium,
     exceptions,
     go_to,
     metrics,
     needs_chromium,
+    settings_server,
     settle,
-    streamlit_server,
     wait_for_text,
 )
 
@@ -171,16 +170,8 @@ def in_line(page) -> bool:
 
 # --- fixtures ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def room(tmp_path_factory):
-    settings = tmp_path_factory.mktemp("room") / "room.toml"
-    settings.write_text(ROOM_TOML)
-    with streamlit_server(env={"LORA_LAB_SETTINGS": str(settings)}) as server:
+    with settings_server(tmp_path_factory.mktemp("room"), ROOM_TOML) as server:
         yield server
 
 

@@ -9,21 +9,20 @@ oracle tests pin that we build exactly what PEFT builds.
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 import math
 import re
-import zipfile
 
 import pytest
 import torch
-from conftest import load_ours_into_peft, tiny_gpt2, tiny_llama
+from conftest import tiny_gpt2, tiny_llama
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load as load_st
 from safetensors.torch import save as save_st
+from test_adapter_upload import CONFIG, WEIGHTS, make_zip, members, trained
+from test_peft_oracle_heads import build_pair
 
 import lora_core as lc
 from lora_core import serve
@@ -37,29 +36,6 @@ from lora_core.training.run_setup import RunRequest
 
 LIMIT = 10_000_000
 F32_MAX = torch.finfo(torch.float32).max
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-
-
-def trained(make, **kw) -> torch.nn.Module:
-    """A model with a non-zero adapter (B random)."""
-    model = make()
-    lc.inject_lora(model, lc.LoraConfig(init_lora_weights=False, **kw))
-    return model
-
-
-def members(data: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return {name: zf.read(name) for name in zf.namelist()}
-
-
-def make_zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, content in files.items():
-            zf.writestr(name, content)
-    return buffer.getvalue()
-
-
 def untouched(model: torch.nn.Module) -> bool:
     return not lc.lora_layers(model) and not hasattr(model, "lora_config") and not any(
         isinstance(m, ModulesToSaveWrapper) for m in model.modules())
@@ -73,14 +49,6 @@ OVERLAP_CASES = {
     "gpt2-c_attn_c_fc-saved_mlp": (tiny_gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
                                                    modules_to_save=["mlp"])),
 }
-
-
-def build_pair(make, kw):
-    base = make()
-    ours = copy.deepcopy(base)
-    lc.inject_lora(ours, lc.LoraConfig(init_lora_weights=False, **kw))
-    theirs = get_peft_model(copy.deepcopy(base), PeftLoraConfig(init_lora_weights=False, **copy.deepcopy(kw)))
-    return load_ours_into_peft(ours, theirs)
 
 
 @pytest.mark.parametrize("make,kw", OVERLAP_CASES.values(), ids=OVERLAP_CASES.keys())

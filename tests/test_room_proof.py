@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 import pytest
-from browser_util import chromium, exceptions, go_to, metrics, needs_chromium, settle, streamlit_server, wait_for_text
+from browser_util import exceptions, go_to, metrics, needs_chromium, settings_server, settle, wait_for_text
 from test_room import PARAM_RANKS, button, configure_run, press_slider, set_own_rank, start, step_at_least
 
 pytestmark = [needs_chromium, pytest.mark.slow]
@@ -56,16 +56,8 @@ class HealthPoller(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def room(tmp_path_factory):
-    settings = tmp_path_factory.mktemp("room_proof") / "room.toml"
-    settings.write_text(ROOM_TOML)
-    with streamlit_server(env={"LORA_LAB_SETTINGS": str(settings)}) as server:
+    with settings_server(tmp_path_factory.mktemp("room_proof"), ROOM_TOML) as server:
         yield server
 
 
