@@ -196,12 +196,13 @@ def test_finish_waits_for_a_step_in_progress_and_pause_stops_the_time_box(setup)
     run = _start(setup, steps=500)
     worker = threading.Thread(target=run.advance, kwargs={"seconds": 30.0})
     worker.start()
-    while run.step < 2:
+    while run.step < 3:                                       # 3: no probe after it, so the next step starts now
         pass
     run.pause()
+    paused_at = run.step                                      # pause waited for the step in progress
     worker.join(timeout=60)
     assert not worker.is_alive() and run.status == "paused"  # pause ended the 30 s box after one step
-    paused_at = run.step
+    assert run.step == paused_at
     assert run.advance(seconds=1.0) == [] and run.step == paused_at
     run.resume()
     worker = threading.Thread(target=run.advance, kwargs={"seconds": 30.0})

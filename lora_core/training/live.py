@@ -117,8 +117,11 @@ class LiveRun:
         return out
 
     def pause(self) -> None:
+        """Pause after the step in progress, if any: when this returns no step runs, and `step` is final."""
         if self.status == "running":
             self.status = "paused"
+        with self._stepper:  # a step on another thread finishes first (the loop checks the status per step)
+            pass
 
     def resume(self) -> None:
         if self.status == "paused":
