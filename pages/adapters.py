@@ -12,6 +12,7 @@ from lora_core.teach import adapter_views
 from pages.common import (
     RUN,
     Unexpected,
+    as_text,
     base_model,
     draw_unexpected,
     last_good,
@@ -102,7 +103,7 @@ else:
 if isinstance(failed, Unexpected):
     draw_unexpected(failed)
 elif failed is not None:
-    st.error(failed, icon="⚠️")
+    st.error(as_text(failed), icon="⚠️")
 loaded = st.session_state.get(LOADED)
 if loaded is None:
     st.info("No adapter loaded yet. Train one on the **Live fine-tuning** page and download it, then upload the "

@@ -11,7 +11,7 @@ import streamlit as st
 import lora_core as lc
 from lora_core.teach import training_runs
 from lora_core.teach.claims import check
-from pages.common import base_model
+from pages.common import as_text, base_model
 from pages.evidence_view import show_evidence
 
 MODEL = "smollm2-135m"                              # pretrained, offline: real weights for rows 6, 15, 21
@@ -73,7 +73,7 @@ for c in rows:
                         st.session_state["claims:bleu_run"] = training_runs.seed_bleu_experiment(
                             lc.shared_base_copy(model), tok)   # a private tree over the shared frozen base
                     except lc.ModelUnavailableError as err:
-                        st.error(f"{err}", icon="⚠️")
+                        st.error(as_text(err), icon="⚠️")
             run = st.session_state.get("claims:bleu_run")
             if run is not None:
                 m = st.columns(4)

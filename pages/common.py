@@ -82,6 +82,19 @@ TRAINED_ADAPTERS = "trained_adapters"    # {label: adapter_directions}: written 
 SESSION_ID = "session_id"                # this session's id where no Streamlit server runs it (AppTest)
 
 
+# What Markdown would act on inside a message (intraword underscores are safe: lora_alpha stays lora_alpha).
+_MARKDOWN = re.compile(r"([\\`*~$])")
+
+
+def as_text(message: str) -> str:
+    """`message` for st.error/st.success, shown as typed: Markdown's emphasis, code, math and escapes escaped.
+
+    Messages quote what the learner gave, such as the regex '(.*)*X' or '.*\\.q_proj', which Markdown would
+    turn into italics and drop the backslash of.
+    """
+    return _MARKDOWN.sub(r"\\\1", str(message))
+
+
 def last_good(key: str, build: Callable[[], T]) -> T | None:
     """Run `build()`; on a ValueError show its message inline and return the last good result.
 
@@ -91,7 +104,7 @@ def last_good(key: str, build: Callable[[], T]) -> T | None:
     try:
         value = build()
     except ValueError as err:
-        st.error(f"{err}", icon="⚠️")
+        st.error(as_text(err), icon="⚠️")
         previous = st.session_state.get(f"last_good:{key}")
         if previous is not None:
             st.caption("Showing the last valid settings until this is fixed.")
@@ -275,7 +288,7 @@ def guarded_fragment(where: str, run_every: float | None = None) -> Callable[[Dr
             try:
                 draw(*args, **kwargs)
             except ValueError as err:
-                st.error(f"{err}", icon="⚠️")
+                st.error(as_text(err), icon="⚠️")
             except Exception as err:  # a bug: logged, and told to the learner
                 show_unexpected(err, where)
         return st.fragment(guarded, run_every=run_every)

@@ -18,6 +18,7 @@ from pages.common import (
     RUN,
     RUN_ID,
     TRAINED_ADAPTERS,
+    as_text,
     base_model,
     base_variant,
     guarded_fragment,
@@ -169,7 +170,7 @@ def live() -> None:
     m[4].metric("trainable", f"{view['trainable']:,}", help=f"of {view['total']:,} ({view['trainable_percent']:.3f}%)")
     st.progress(view["progress"], text=f"status: {run.status}")
     if run.message:
-        st.error(run.message)
+        st.error(as_text(run.message))
         if run.status == "diverged":
             st.caption("The results below are the restored adapter's. To go on, lower the **learning rate** and "
                        "press **Start training** for a new run.")

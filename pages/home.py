@@ -5,7 +5,7 @@ import streamlit as st
 import lora_core as lc
 import pages  # noqa: F401  (a page opened by its own link still runs through app.py)
 from lora_core import viz
-from pages.common import HOME, PAGES, ledger
+from pages.common import HOME, PAGES, as_text, ledger
 
 st.title("LoRA Lab")
 st.markdown(
@@ -24,7 +24,7 @@ with left:
 try:
     cfg = lc.LoraConfig(r=r, lora_alpha=alpha, target_modules=["c_attn"], use_rslora=rslora)
 except ValueError as err:
-    st.error(str(err))
+    st.error(as_text(err))
     st.stop()
 
 book = ledger("distilgpt2", cfg)

@@ -10,7 +10,7 @@ import random
 import streamlit as st
 
 from lora_core.teach.interview import quiz
-from pages.common import guarded_fragment
+from pages.common import as_text, guarded_fragment
 from pages.evidence_view import show_evidence
 
 ANY = "any topic"
@@ -70,9 +70,9 @@ def quiz_fragment() -> None:
     verdict = state.get("interview:verdict")
     if verdict is not None:
         if verdict.correct:
-            st.success(f"Accepted. {verdict.explanation}", icon="✅")
+            st.success(as_text(f"Accepted. {verdict.explanation}"), icon="✅")
         else:
-            st.error(verdict.explanation, icon="❌")
+            st.error(as_text(verdict.explanation), icon="❌")
         show_question_evidence(q, f"quiz:{state['interview:draws']}")
 
 

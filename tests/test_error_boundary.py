@@ -85,3 +85,15 @@ def test_the_log_line_carries_the_reference_shown(caplog):
     assert bug.summary == "KeyError: 'config.py'"
     (record,) = [r for r in caplog.records if r.name == "lora_lab"]
     assert bug.reference in record.getMessage() and "a test" in record.getMessage() and record.exc_info
+
+
+def test_a_message_quoting_a_regex_shows_it_as_typed_not_as_markdown(app_page):
+    """'(.*)*X' in Markdown is '(.)X' with an italic middle; the page escapes what Markdown would act on."""
+    from pages.common import as_text
+    assert as_text(r"target_modules='(.*)*X' e.g. '.*\.q_proj' costs $5 `x` ~y~ lora_alpha") == \
+        r"target_modules='(.\*)\*X' e.g. '.\*\\.q_proj' costs \$5 \`x\` \~y\~ lora_alpha"
+    at = app_page("parameters")
+    next(t for t in at.text_input if t.label.startswith("…or a regex")).set_value(r"(.*){1,32000}[0-9]").run()
+    assert not at.exception
+    shown = "\n".join(e.value for e in at.error)
+    assert r"target_modules='(.\*){1,32000}[0-9]' is not allowed" in shown and "backtracks without end" in shown
