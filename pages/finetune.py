@@ -62,7 +62,7 @@ with st.spinner(f"Loading {model_name}…"):
 limits = settings()  # every limited input's maximum is the server's own limit
 with st.form("config"):
     c1, c2, c3, c4 = st.columns(4)
-    ranks = [c for c in run_setup.R_CHOICES if c <= limits.max_r]
+    ranks = run_setup.rank_choices(limits)
     r = c1.select_slider("r", ranks, value=8 if 8 in ranks else ranks[-1])
     alpha = c2.number_input("lora_alpha", value=16.0, step=1.0, max_value=MAX_LORA_ALPHA)
     dropout = c3.number_input("lora_dropout", value=0.0, step=0.05, format="%.2f")

@@ -62,3 +62,8 @@ def test_an_empty_target_list_suggests_the_models_own_modules(model, suggested):
     with pytest.raises(ValueError, match=rf"target_modules=\[\] is not allowed: pick at least one module of {model}, "
                                          rf"e\.g\. {suggested.replace('[', '[[]')}"):
         run_setup.plan_run(RunRequest(model, target_modules=[]), Settings())
+
+
+def test_the_forms_ranks_stop_at_the_servers_max_r():
+    assert run_setup.rank_choices(Settings()) == list(run_setup.R_CHOICES)
+    assert run_setup.rank_choices(Settings(max_r=16)) == [1, 2, 4, 8, 16]

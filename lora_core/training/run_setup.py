@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from ..serve.settings import Settings
 
 __all__ = ["DATA_CHOICES", "INIT_CHOICES", "PRECISIONS", "R_CHOICES", "RunPlan", "RunRequest", "adapter_label",
-           "default_targets", "download_name", "export_snippet", "live_view", "plan_run", "results_view", "start_run"]
+           "default_targets", "download_name", "export_snippet", "live_view", "plan_run", "rank_choices",
+           "results_view", "start_run"]
 
 SHIPPED_DATA = "recommendations"
 UPLOAD = "upload a .jsonl"
@@ -45,6 +46,11 @@ BASE_NOTES = {"smollm2-135m": "the exact base: SmolLM2-135M-Instruct dequantized
                               "HuggingFaceTB/SmolLM2-135M-Instruct is close to it, not identical.",
               "distilgpt2-random": "random weights (seed 0): the adapter only fits this exact random base."}
 MIB = 2**20
+
+
+def rank_choices(settings: Settings) -> list[int]:
+    """The form's r slider: R_CHOICES up to the server's max_r (at least the smallest, r = 1)."""
+    return [r for r in R_CHOICES if r <= settings.max_r] or [R_CHOICES[0]]
 
 
 @dataclass(frozen=True)
