@@ -12,29 +12,28 @@ The bytes follow these rules (P = base parameters, T = trainable, Q = quantized)
   every Linear/Conv1D weight except the output layer in NF4, 0.5 B per parameter (two 4-bit
   codes per byte), and the rest (embeddings, norms, output layer) in `weight_dtype`.
   LoRA factors are fp32 (4 B): PEFT upcasts 16-bit adapters by default (autocast_adapter_dtype).
-* quantization constants (QLoRA): Q · constant_bits_per_param / 8 (see `quant.py`).
+* quantization constants (QLoRA): Q · constant_bits_per_param / 8 (see `codebook.py`).
 * gradients: one per trainable parameter, in that parameter's dtype.
-* optimizer states per trainable parameter: AdamW keeps two fp32 moments, 8 B; SGD (no momentum)
-  keeps none; 8-bit AdamW (Dettmers et al. 2021, arXiv 2110.02861) keeps two 1-byte moments
-  plus one fp32 constant per 2048 values, ≈ 2 B. With `master_weights`, full fine-tuning in
-  16 bits also keeps an fp32 copy of every weight (+4 B): mixed precision's 2+2+12 = 16 B per
-  parameter (ZeRO, Rajbhandari et al. 2019, arXiv 1910.02054).
-* activations: Korthikanti et al. 2022 (arXiv 2205.05198, eq. 1) count s·b·h·(34 + 5·a·s/h)
-  bytes per transformer layer for 16-bit activations without recomputation (s sequence
-  length, b batch, h hidden size, a heads). We scale it by (bytes per activation)/2 for fp32.
-  The 5·a·s/h term is the stored s×s attention scores; FlashAttention (arXiv 2205.14135)
-  recomputes them, so `flash_attention` drops it. With gradient checkpointing only each layer's
-  input is kept, s·b·h per layer, plus one layer's full set while it is recomputed. The logits
-  add s·b·V·(bytes + 4): the logits themselves and the fp32 log-softmax the loss keeps.
-  A LoRA branch also stores A's output, s·b·r, and with dropout its dropped input and mask,
-  s·b·in·(bytes + 1).
+* optimizer states per trainable parameter, with `optimizer_precision` saying how full fine-tuning
+  in 16 bits is counted (PRECISION_LABELS):
+  - "param" (default): what torch.optim.AdamW does. Its exp_avg and exp_avg_sq are
+    `zeros_like(param)`, so a bf16 parameter gets two bf16 moments: 2+2+2+2 = 8 B per parameter.
+  - "fp32": fp32 moments beside 16-bit weights and gradients, 2+2+8 = 12 B. This is the QLoRA
+    paper's accounting (">780 GB" for a 65B model, arXiv 2305.14314).
+  - "mixed": mixed precision with an fp32 master copy of every weight, 2+2+4+8 = 16 B (ZeRO,
+    Rajbhandari et al. 2019, arXiv 1910.02054).
+  LoRA's factors are fp32 already, so for them all three give 4+4+8 = 16 B per trainable parameter.
+  SGD (no momentum) keeps no state. 8-bit AdamW (Dettmers et al. 2021, arXiv 2110.02861) keeps two
+  1-byte moments plus one fp32 constant per 2048 values, ≈ 2 B; "mixed" adds the 4 B master copy to
+  it and to SGD.
+* activations: a sum over the tensors autograd saves, site by site (`activations.py`). It follows
+  Korthikanti et al. 2022 (arXiv 2205.05198, eq. 1) for GPT-style blocks. Llama-style blocks get our
+  own derivation. A frozen projection keeps no input unless a LoRA A reads it, so LoRA keeps fewer
+  activations than full fine-tuning. FlashAttention drops the s×s scores, and gradient checkpointing
+  keeps each block's input plus one block while it is recomputed.
 
-Approximations, said plainly: the per-layer constants were derived for GPT-style blocks
-(4h GeLU MLP, dropout); SwiGLU MLPs and grouped-query attention shift them. LoRA keeps the full
-fine-tuning activation count: its frozen matmuls no longer need their inputs for weight
-gradients, but its A matrices need those same inputs. CUDA context, allocator fragmentation and
-temporary buffers (a dequantized 4-bit weight, for one) are left out. References: LoRA (arXiv
-2106.09685), QLoRA (arXiv 2305.14314).
+Left out: CUDA context, allocator fragmentation and temporary buffers (a dequantized 4-bit
+weight, for one). References: LoRA (arXiv 2106.09685), QLoRA (arXiv 2305.14314).
 """
 
 from __future__ import annotations
@@ -50,13 +49,19 @@ from ..config import LoraConfig, reject
 from ..counting import ledger_of
 from ..inject import inject_lora
 from ..models.sources import build_on_meta
+from .activations import ADAPTER_BYTES, Block, Branch, activation_bytes, block_of, branch_of
 from .codebook import constant_bits_per_param
 
 METHODS = ("full", "lora", "qlora")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZERS = ("adamw", "sgd", "adamw-8bit")
+OPTIMIZER_PRECISIONS = ("param", "fp32", "mixed")
+PRECISION_LABELS = {
+    "param": "moments in the parameter's dtype, as torch.optim.AdamW keeps them: bf16 full FT 2+2+2+2 = 8 B/param",
+    "fp32": "fp32 moments, 16-bit weights and gradients: 2+2+8 = 12 B/param (QLoRA paper's >780 GB for 65B)",
+    "mixed": "mixed precision with fp32 master weights: 2+2+4+8 = 16 B/param (ZeRO, arXiv 1910.02054)",
+}
 NF4_BYTES = 0.5              # two 4-bit codes per byte
-ADAPTER_BYTES = 4            # LoRA factors are trained in fp32
 ADAM8_BLOCK = 2048           # bitsandbytes' 8-bit optimizers quantize states in blocks of 2048
 COMPONENTS = ("weights", "quantization constants", "gradients", "optimizer states", "activations")
 GIB = 2**30
@@ -85,7 +90,7 @@ class MemoryConfig:
     flash_attention: bool = False   # do not store the s×s attention scores
     double_quant: bool = True       # QLoRA: quantize the fp32 block constants to 8 bits too
     quant_block_size: int = 64      # QLoRA: weights per absmax constant
-    master_weights: bool = False    # full FT in 16 bits: also keep an fp32 copy of the weights
+    optimizer_precision: str = "param"  # full FT in 16 bits: "param" | "fp32" | "mixed" (PRECISION_LABELS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -96,6 +101,9 @@ class MemoryConfig:
             reject("weight_dtype", self.weight_dtype, f"use one of {', '.join(map(repr, DTYPE_BYTES))}")
         if self.optimizer not in OPTIMIZERS:
             reject("optimizer", self.optimizer, f"use one of {', '.join(map(repr, OPTIMIZERS))}")
+        if self.optimizer_precision not in OPTIMIZER_PRECISIONS:
+            reject("optimizer_precision", self.optimizer_precision,
+                   f"use one of {', '.join(map(repr, OPTIMIZER_PRECISIONS))}")
         for name in ("batch_size", "seq_len", "quant_block_size"):
             _positive_int(name, getattr(self, name))
         # r, alpha, dropout and the targets obey LoraConfig's rules and messages.
@@ -132,6 +140,12 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.weights + self.quant_constants + self.gradients + self.optimizer + self.activations
 
+    @property
+    def bytes_per_trainable_param(self) -> float:
+        """Weights + gradients + optimizer states per trainable parameter, as the chosen recipe counts them."""
+        own = DTYPE_BYTES[self.config.weight_dtype] if self.config.method == "full" else ADAPTER_BYTES
+        return own + (self.gradients + self.optimizer) / self.trainable_params
+
     def breakdown(self) -> dict[str, int]:
         """Bytes per component, in the order of COMPONENTS."""
         values = (self.weights, self.quant_constants, self.gradients, self.optimizer, self.activations)
@@ -148,10 +162,7 @@ class MemoryEstimate:
 class _Shapes:
     params: int         # unique parameters (tied weights once)
     quantizable: int    # weights of Linear/Conv1D layers except the output layer
-    layers: int
-    hidden: int
-    heads: int
-    vocab: int
+    block: Block        # the widths the activation sites depend on
 
 
 @functools.lru_cache(maxsize=32)
@@ -162,51 +173,47 @@ def _shapes(model: str) -> _Shapes:
     # output layer in full precision, and embeddings, norms and biases are never quantized.
     quantizable = sum(m.weight.numel() for m in meta.modules()
                       if isinstance(m, (nn.Linear, Conv1D)) and m is not out)
-    c = meta.config
-    return _Shapes(sum(p.numel() for p in meta.parameters()), quantizable, c.num_hidden_layers,
-                   c.hidden_size, c.num_attention_heads, c.vocab_size)
+    return _Shapes(sum(p.numel() for p in meta.parameters()), quantizable, block_of(meta))
 
 
 @dataclass(frozen=True)
 class _Adapter:
     params: int
     layers: int                          # distinct layer indices holding a LoRA pair
-    in_features: tuple[int, ...]         # of every wrapped module, for the dropout activations
+    branches: tuple[Branch, ...]         # where each pair sits and which input its A reads
 
 
 @functools.lru_cache(maxsize=128)
 def _adapter(model: str, r: int, targets: tuple[str, ...] | str | None) -> _Adapter:
     meta = build_on_meta(model)
-    inject_lora(meta, LoraConfig(r=r, target_modules=list(targets) if isinstance(targets, tuple) else targets))
+    wrapped = set(inject_lora(meta, LoraConfig(r=r, target_modules=list(targets) if isinstance(targets, tuple)
+                                                 else targets)))
     book = ledger_of(meta, model)
     layer_ids = {m.group(1) for name in book.wrapped if (m := re.search(r"\.(\d+)\.", name))}
-    ins = tuple(row.in_features for row in book.rows for _ in range(row.count))
-    return _Adapter(book.lora_params, len(layer_ids), ins)
+    branches = tuple(branch_of(name, module, meta) for name, module in meta.named_modules() if name in wrapped)
+    return _Adapter(book.lora_params, len(layer_ids), branches)
 
 
-def _activations(cfg: MemoryConfig, shapes: _Shapes, adapter: _Adapter | None) -> tuple[int, str]:
-    s, b, h, a, n_layers, d = cfg.seq_len, cfg.batch_size, shapes.hidden, shapes.heads, shapes.layers, cfg.act_bytes
-    attn_term = 0.0 if cfg.flash_attention else 5 * a * s / h
-    per_layer = s * b * h * (34 + attn_term) * d / 2          # Korthikanti eq. 1, scaled to d bytes
-    lora = 0
-    if adapter is not None:
-        lora = len(adapter.in_features) * s * b * cfg.r * d  # A's output, saved for B's gradient
-        if cfg.lora_dropout > 0:
-            lora += sum(s * b * fan_in * (d + 1) for fan_in in adapter.in_features)  # dropped x + mask
-    logits = s * b * shapes.vocab * (d + 4)
-    attn = "" if cfg.flash_attention else " + 5·a·s/h"
-    layer = f"s·b·h·(34{attn})" + ("" if d == 2 else f"·{d}/2")   # the paper counts 16-bit bytes
-    dims = f"s={s}, b={b}, h={h}, a={a}, L={n_layers}, V={shapes.vocab}"
-    if cfg.gradient_checkpointing:
-        # Layer inputs for every layer, plus one layer (and its share of LoRA) while recomputed.
-        total = n_layers * s * b * h * d + per_layer + lora / n_layers + logits
-        text = f"L·s·b·h·{d} (layer inputs) + {layer} (one layer recomputed) + s·b·V·{d + 4} (logits); {dims}"
+def _optimizer_states(cfg: MemoryConfig, T: int, t_bytes: int) -> tuple[float, str]:
+    """Optimizer bytes and their formula, under `cfg.optimizer_precision` (PRECISION_LABELS)."""
+    lora = "; LoRA factors are fp32, so every precision choice gives the same bytes" if t_bytes == 4 and \
+        cfg.method != "full" else ""
+    if cfg.optimizer == "sgd":
+        per_param, text = 0.0, "0 (plain SGD keeps no state)"
+    elif cfg.optimizer == "adamw-8bit":
+        per_param, text = 2 + 2 * 4 / ADAM8_BLOCK, f"T·(2 + 8/{ADAM8_BLOCK}) B (two 8-bit moments + block constants)"
+    elif cfg.optimizer_precision == "param" or t_bytes == 4:
+        name = cfg.weight_dtype if cfg.method == "full" else "fp32"
+        per_param = 2.0 * t_bytes
+        text = (f"T·{2 * t_bytes} B: two {name} moments (torch.optim.AdamW keeps them in the parameter's dtype)")
+    elif cfg.optimizer_precision == "fp32":
+        per_param, text = 8.0, "T·8 B: two fp32 moments beside 16-bit weights (the QLoRA paper's accounting)"
     else:
-        total = n_layers * per_layer + lora + logits
-        text = f"L·{layer} + s·b·V·{d + 4} (logits); {dims}"
-    if lora:
-        text += f"; LoRA: s·b·r·{d} per branch" + (f" + s·b·in·{d + 1} (dropout)" if cfg.lora_dropout > 0 else "")
-    return round(total), text
+        per_param, text = 8.0, "T·8 B: two fp32 moments"
+    if cfg.optimizer_precision == "mixed" and t_bytes < 4:
+        per_param += 4
+        text += " + T·4 B: fp32 master weights (mixed precision, ZeRO's accounting)"
+    return T * per_param, f"{text}; T = {T:,}{lora}"
 
 
 def estimate_memory(cfg: MemoryConfig) -> MemoryEstimate:
@@ -241,18 +248,14 @@ def estimate_memory(cfg: MemoryConfig) -> MemoryEstimate:
     gradients = T * t_bytes
     f["gradients"] = f"T·{t_bytes} B; T = {T:,}"
 
-    per_param = {"adamw": 8.0, "sgd": 0.0, "adamw-8bit": 2 + 2 * 4 / ADAM8_BLOCK}[cfg.optimizer]
-    state_text = {"adamw": "T·8 B (two fp32 moments)", "sgd": "0 (plain SGD keeps no state)",
-                  "adamw-8bit": f"T·(2 + 8/{ADAM8_BLOCK}) B (two 8-bit moments + block constants)"}[cfg.optimizer]
-    optimizer = T * per_param
-    if cfg.method == "full" and cfg.master_weights and d_w < 4:
-        optimizer += T * 4
-        state_text += " + T·4 B (fp32 master weights)"
-    f["optimizer states"] = state_text
-
-    activations, f["activations"] = _activations(cfg, shapes, adapter)
+    optimizer, f["optimizer states"] = _optimizer_states(cfg, T, t_bytes)
+    blk = shapes.block
+    activations, f["activations"] = activation_bytes(
+        blk, list(adapter.branches) if adapter else [], s=cfg.seq_len, b=cfg.batch_size, d=cfg.act_bytes, r=cfg.r,
+        dropout=cfg.lora_dropout, full=adapter is None, flash=cfg.flash_attention,
+        checkpointing=cfg.gradient_checkpointing)
     return MemoryEstimate(cfg, round(weights), round(constants), round(gradients), round(optimizer), activations,
-                          P, T, Q, adapter.layers if adapter else 0, shapes.layers, f)
+                          P, T, Q, adapter.layers if adapter else 0, blk.layers, f)
 
 
 def compare_methods(cfg: MemoryConfig) -> dict[str, MemoryEstimate]:
