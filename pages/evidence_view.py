@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from lora_core import viz
 from lora_core.teach.evidence import Evidence
+from lora_core.viz.claims import claims_figure
 
 MAX_METRICS_PER_ROW = 4
 
@@ -18,7 +18,7 @@ MAX_METRICS_PER_ROW = 4
 @st.cache_resource(show_spinner=False, max_entries=128)
 def _figure(key: str, _build: Callable[[], dict]):
     """The plotly figure for an evidence figure spec, built once per `key` (read-only afterwards)."""
-    return viz.evidence_figure(_build())
+    return claims_figure(_build())
 
 
 def show_evidence(ev: Evidence | None, key: str, figure_key: str) -> None:

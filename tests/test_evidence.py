@@ -39,3 +39,17 @@ def test_seed_bleu_experiment_runs_the_seed_setup_on_a_copy():
     assert (out["train_pairs"], out["epochs"], out["test_pairs"]) == (2, 2, 2)
     assert 0 <= out["bleu_after"] <= 100 and len(out["train_loss"]) == 2
     assert lc.lora_layers(copy) and not lc.lora_layers(base)          # the caller's base is never touched
+
+
+def test_classification_head_trains_and_is_saved_only_with_seq_cls():
+    c = evidence.classification_head_check(r=2)
+    assert (c["without"], c["with"], c["head_params"]) == (512, 576, 64)      # 2·2·(32+96); score 32·2
+    without, with_seq_cls = c["rows"]
+    assert not without["head trainable (lora_core)"] and not without["head in adapter file (lora_core)"]
+    assert with_seq_cls["head trainable (lora_core)"] and with_seq_cls["head in adapter file (lora_core)"]
+    assert "base_model.model.score.weight" in c["adapter_file_keys"][("'SEQ_CLS'", "lora_core")]
+    if c["available"]:                                                        # PEFT agrees, count and file alike
+        assert (without["PEFT trainable"], with_seq_cls["PEFT trainable"]) == (512, 576)
+        assert with_seq_cls["PEFT class"] == "PeftModelForSequenceClassification"
+        assert not without["head in adapter file (PEFT)"] and with_seq_cls["head in adapter file (PEFT)"]
+        assert c["adapter_file_keys"][("'SEQ_CLS'", "PEFT")] == c["adapter_file_keys"][("'SEQ_CLS'", "lora_core")]

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from lora_core.teach import anatomy, evidence, evidence_quant, toy, training_runs
-from lora_core.teach.claims import check, counts, libraries, measured
+from lora_core.teach.claims import check, counts, libraries, measured, second, second_measured
 from lora_core.teach.interview import concepts, numeric, quiz
 
-TEACH = (anatomy, toy, evidence, evidence_quant, training_runs, counts, measured, libraries, numeric, concepts)
+TEACH = (anatomy, toy, evidence, evidence_quant, training_runs, counts, measured, libraries, second, second_measured,
+         numeric, concepts)
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_claims_quiz_and_evidence_leave_rng_and_threads_alone(forbid_process_sta
     bank = quiz.question_bank(seed=1)
     evidence_shown = [quiz.evidence_for(q) for q in bank]
     run = toy.train_toy(toy.ToyConfig(steps=3))
-    assert len(rows) == 23 and len(bank) == len(evidence_shown) and len(run.losses) == 3
+    assert len(rows) == 33 and len(bank) == len(evidence_shown) and len(run.losses) == 3
     assert torch.equal(torch.get_rng_state(), rng), "the global torch RNG was drawn from"
     assert torch.get_num_threads() == threads and random.getstate() == py_random
 

@@ -23,21 +23,26 @@ import importlib
 import importlib.util
 import json
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from transformers import GPT2ForSequenceClassification
 
 from ..config import LoraConfig
-from ..counting import count_lora_parameters
+from ..counting import count_lora_parameters, ledger_of
 from ..inject import inject_lora, lora_layers
 from ..layers import make_lora_layer
 from ..merging import merge_and_unload, merge_lora
+from ..peft_io import save_adapter
 from ..quant import codebook as quant
 from ..sharing import shared_base_copy, shares_storage
+from . import seeded
 from .seeded import generator, linear, materialize_gpt2, random_ids, tiny_gpt2, tiny_gpt2_config, tiny_gpt2_on_meta
 
 
@@ -238,6 +243,85 @@ def task_type_check(task_types: tuple = (None, "CAUSAL_LM", "SEQ_CLS", "SEQ_2_SE
         rows.append(row | {"PEFT returns": type(wrapped).__name__, "forward works": True,
                            "max |Δlogits| vs task_type=None": float((logits - reference).abs().max())})
     return {"available": True, "rows": rows, "lora_core_trainable": ours}
+
+
+# The sequence classifier of classification_head_check: the tiny GPT-2 at width 32, two labels, so c_attn is
+# 32→96 and LoRA at r=2 on two blocks costs 2·2·(32+96) = 512, and the score head 32·2 = 64.
+SEQ_CLS_TINY = dict(n_embd=32, n_head=2, num_labels=2, pad_token_id=0)
+
+
+def _tiny_sequence_classifier(seed: int | None = None) -> nn.Module:
+    """GPT2ForSequenceClassification from the tiny config, built on meta (no draws from any global RNG), then
+    given memory and GPT-2's init from `generator(seed)`; left on meta when `seed` is None."""
+    with torch.device("meta"):
+        model = GPT2ForSequenceClassification(tiny_gpt2_config(**SEQ_CLS_TINY))
+    if seed is None:
+        return model
+    model = model.to_empty(device="cpu")
+    seeded.init_gpt2_weights(model, generator(seed))
+    return model
+
+
+def _head_trains(model: nn.Module) -> bool:
+    """Whether any parameter of the classification head `score` (or PEFT's copy of it) has requires_grad."""
+    return any(p.requires_grad for name, p in model.named_parameters() if "score" in name)
+
+
+def _saved_keys(save: Callable[[str], object]) -> list[str]:
+    """The tensor names in the adapter_model.safetensors that `save(folder)` writes."""
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as folder:
+        save(folder)
+        with safe_open(str(Path(folder) / "adapter_model.safetensors"), "pt") as f:
+            return sorted(f.keys())
+
+
+@functools.lru_cache(maxsize=2)
+def classification_head_check(r: int = 2, seed: int = 0) -> dict:
+    """LoRA on c_attn of a fresh GPT2ForSequenceClassification, without and with task_type="SEQ_CLS".
+
+    PEFT's PeftModelForSequenceClassification adds the head ("classifier", "score") to modules_to_save:
+    a trainable copy that the adapter file stores. Without the task_type the freshly initialised head
+    stays frozen and is not saved, so training runs and the head never learns. Both libraries are
+    asked: trainable counts, whether `score` trains, and which keys each one writes to the adapter file
+    ("adapter_file_keys", by (task_type, library)). "without" and "with" are lora_core's trainable counts.
+    """
+    peft = _peft()
+    rows, ours, files = [], {}, {}
+    for task_type in (None, "SEQ_CLS"):
+        model = _tiny_sequence_classifier(seed)
+        inject_lora(model, LoraConfig(r=r, target_modules=["c_attn"], task_type=task_type),
+                    generator=generator(seed + 1))
+        book = ledger_of(model)
+        keys = _saved_keys(lambda folder, m=model: save_adapter(m, folder))
+        ours[task_type] = book.trainable
+        row = {"task_type": repr(task_type), "lora_core trainable": book.trainable, "LoRA factors": book.lora_params,
+               "head trainable (lora_core)": _head_trains(model),
+               "head in adapter file (lora_core)": any(".score." in k for k in keys)}
+        files[(repr(task_type), "lora_core")] = keys
+        if peft is not None:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")  # Conv1D fan_in_fan_out notice
+                wrapped = peft.get_peft_model(_tiny_sequence_classifier(),
+                                              peft.LoraConfig(r=r, target_modules=["c_attn"], task_type=task_type))
+            wrapped = wrapped.to_empty(device="cpu")
+            seeded.init_gpt2_weights(wrapped, generator(seed))   # the base; then PEFT's init for A and B
+            with torch.no_grad():
+                for name, p in wrapped.named_parameters():  # A Kaiming-uniform, B zero: PEFT's default
+                    if ".lora_A." in name:
+                        nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator(seed + 1))
+                    elif ".lora_B." in name:
+                        p.zero_()
+            peft_keys = _saved_keys(wrapped.save_pretrained)
+            row |= {"PEFT class": type(wrapped).__name__,
+                    "PEFT trainable": wrapped.get_nb_trainable_parameters()[0],
+                    "head trainable (PEFT)": _head_trains(wrapped),
+                    "head in adapter file (PEFT)": any(".score." in k for k in peft_keys)}
+            files[(repr(task_type), "PEFT")] = peft_keys
+        rows.append(row)
+    return {"rows": rows, "without": ours[None], "with": ours["SEQ_CLS"], "available": peft is not None,
+            "adapter_file_keys": files, "head_params": ours["SEQ_CLS"] - ours[None], "r": r}
 
 
 @functools.lru_cache(maxsize=1)

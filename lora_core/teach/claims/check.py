@@ -1,7 +1,7 @@
 """The claims check: each claim of the seed documents, its verdict, and live evidence for it.
 
     from lora_core.teach.claims import check
-    for c in check.claims_check():          # one ClaimEvidence per entry of table.CLAIMS
+    for c in check.claims_check():          # one ClaimEvidence per entry of table.CLAIMS (rows 1–33)
         print(c.row, c.verdict, c.evidence.metrics)
     check.claim(15, weight=w)               # one row; NF4 errors on a real weight too
 
@@ -21,9 +21,10 @@ import torch
 
 from ..evidence import Evidence
 from .quoted import SEED_000  # re-exported: the seeds' own numbers
-from .table import BY_ROW, CLAIMS, VERDICTS, Claim
+from .table import BY_ROW, CLAIMS, SOURCES, VERDICTS, Claim
 
-__all__ = ["CLAIMS", "SEED_000", "VERDICTS", "Claim", "ClaimEvidence", "claim", "claims_check", "verdict_counts"]
+__all__ = ["CLAIMS", "SEED_000", "SOURCES", "VERDICTS", "Claim", "ClaimEvidence", "by_source", "claim", "claims_check",
+           "verdict_counts"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,8 @@ def claims_check(weight: torch.Tensor | None = None, runs_dir: str | Path | None
 def verdict_counts(rows: list[ClaimEvidence]) -> dict[str, int]:
     """How many claims got each verdict, in the order of VERDICTS."""
     return {v: sum(c.verdict == v for c in rows) for v in VERDICTS}
+
+
+def by_source(rows: list[ClaimEvidence]) -> dict[str, list[ClaimEvidence]]:
+    """The rows grouped by the claims file they come from, files in SOURCES order (CLAIMS.md, CLAIMS-2.md)."""
+    return {src: [c for c in rows if c.source == src] for src in SOURCES if any(c.source == src for c in rows)}

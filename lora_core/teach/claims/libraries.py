@@ -13,23 +13,57 @@ from ..evidence import Evidence
 
 
 def task_type_wrappers() -> tuple[str, Evidence]:
-    """Row 4. What PEFT builds for each task_type on a causal LM, and whether the logits change."""
-    check = evidence.task_type_check()
-    counts = set(check["lora_core_trainable"].values())
-    failed = [r for r in check["rows"] if not r["forward works"]]
-    built = [r for r in check["rows"] if r["forward works"]]
-    truth = (f"task_type picks which wrapper class PEFT returns; it does not change the adapter. lora_core's "
-             f"ledger gives {'the same' if len(counts) == 1 else 'different'} count for every task_type "
-             f"({', '.join(f'{n:,}' for n in sorted(counts))}).")
-    if check["available"]:
+    """Row 4. task_type on a causal LM (wrapper class, same logits), on a sequence classifier (the head trains
+    and is saved only with SEQ_CLS), and a mismatched one (SEQ_2_SEQ_LM on GPT-2) that fails."""
+    causal, head = evidence.task_type_check(), evidence.classification_head_check()
+    counts = set(causal["lora_core_trainable"].values())
+    failed = [r for r in causal["rows"] if not r["forward works"]]
+    built = [r for r in causal["rows"] if r["forward works"]]
+    without, with_cls = head["rows"]
+    truth = (f"task_type picks the PeftModel wrapper class, and for SEQ_CLS and TOKEN_CLS it also adds the "
+             f"classification head (classifier, score) to modules_to_save. On a causal LM it changes nothing about "
+             f"the adapter: lora_core's ledger gives {'the same' if len(counts) == 1 else 'different'} count for "
+             f"every task_type ({', '.join(f'{n:,}' for n in sorted(counts))}).")
+    if causal["available"]:
         same = max(r["max |Δlogits| vs task_type=None"] for r in built)
-        truth += (f" On a tiny GPT-2 with a live adapter, the {len(built)} wrappers PEFT builds give logits equal to "
-                  f"task_type=None's (max |Δ| = {same:g}).")
-        if failed:
-            truth += (f" One choice does fail: {', '.join(r['task_type'] for r in failed)} on a decoder-only model "
-                      f"raises when the wrapper is built. So: an error, sometimes; poorer performance, no.")
-    return truth, Evidence(table=check["rows"], metrics={"lora_core trainable, every task_type": f"{min(counts):,}"},
-                           note="peft.get_peft_model on a tiny seeded GPT-2 (PEFT imported only for this check)")
+        truth += (f" On a tiny GPT-2 with a live adapter, the {len(built)} wrappers PEFT builds give task_type=None's "
+                  f"logits (max |Δ| = {same:g}): no task_type trains fine there.")
+    truth += (f" On a classification model it matters. GPT2ForSequenceClassification with LoRA r={head['r']} on "
+              f"c_attn trains {head['without']:,} parameters without task_type and {head['with']:,} with SEQ_CLS: "
+              f"the fresh score head ({head['head_params']:,} parameters) trains only with SEQ_CLS, and only then is "
+              f"it in the adapter file (head saved without it: "
+              f"{'yes' if without['head in adapter file (lora_core)'] else 'no'}; with it: "
+              f"{'yes' if with_cls['head in adapter file (lora_core)'] else 'no'}). Without it the head keeps its "
+              f"random init: training runs, no error, and the classifier stays poor.")
+    if head["available"]:
+        truth += (f" PEFT agrees: {without['PEFT trainable']:,} against {with_cls['PEFT trainable']:,}, "
+                  f"{with_cls['PEFT class']} saving base_model.model.score.weight.")
+    if failed:
+        truth += (f" A mismatched task_type can also fail outright: {', '.join(r['task_type'] for r in failed)} on "
+                  f"GPT-2 raises when the wrapper is built ({failed[0]['PEFT returns'].split(':')[0]}).")
+    table = [{"model": "tiny GPT2LMHeadModel, r=4", "task_type": r["task_type"], "PEFT returns": r["PEFT returns"],
+              "lora_core trainable": causal["lora_core_trainable"][_task(r["task_type"])],
+              "max |Δlogits| vs None": r["max |Δlogits| vs task_type=None"]} for r in causal["rows"]]
+    table += [{"model": f"tiny GPT2ForSequenceClassification, r={head['r']}", "task_type": r["task_type"],
+               "PEFT returns": r.get("PEFT class", "PEFT not installed"),
+               "lora_core trainable": r["lora_core trainable"], "PEFT trainable": r.get("PEFT trainable"),
+               "head trains": r["head trainable (lora_core)"],
+               "head in adapter file": r["head in adapter file (lora_core)"]} for r in head["rows"]]
+    metrics = {"classifier, no task_type": f"{head['without']:,}", "classifier, SEQ_CLS": f"{head['with']:,}",
+               "head trains without task_type": "yes" if without["head trainable (lora_core)"] else "no",
+               "causal LM, every task_type": f"{min(counts):,}"}
+    if failed:
+        metrics[f"{failed[0]['task_type']} on GPT-2"] = failed[0]["PEFT returns"].split(":")[0]
+    return truth, Evidence(metrics=metrics, table=table,
+                           code="\n".join(head["adapter_file_keys"][("'SEQ_CLS'", "lora_core")]),
+                           note="teach.evidence.task_type_check and classification_head_check: lora_core's inject, "
+                                "ledger and save_adapter, and peft.get_peft_model / save_pretrained on tiny seeded "
+                                "GPT-2s (the code box lists the adapter file's keys with SEQ_CLS)")
+
+
+def _task(shown: str) -> str | None:
+    """The task_type from its repr in a table row ("None", "'CAUSAL_LM'")."""
+    return None if shown == "None" else shown.strip("'")
 
 
 def peft_default_config() -> tuple[str, Evidence]:

@@ -1,9 +1,10 @@
-"""The claims check as data: one `Claim` per row of CLAIMS.md, each with the function that measures its truth.
+"""The claims check as data: one `Claim` per row of CLAIMS.md (1–23) and CLAIMS-2.md (24–33), each with the
+function that measures its truth.
 
 A teacher reads a claim, its verdict and where its evidence comes from on one entry. To add a claim,
 write a function that returns (the truth in words, Evidence) in counts.py, measured.py or libraries.py
-(or a new module beside them), and add one entry to CLAIMS. Rows of a second file, such as
-CLAIMS-2.md (rows 24–33), go in the same table with `source="CLAIMS-2.md"`.
+(rows 1–23), second.py or second_measured.py (rows 24–33), or a new module beside them, and add one
+entry to CLAIMS with the file it comes from as `source`.
 
 Verdicts: ✓ right, ~ partly right, ✗ wrong, ? unverified (measure it). The verdicts are the
 project's; every number behind them is computed by lora_core when asked.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..evidence import Evidence
-from . import counts, libraries, measured
+from . import counts, libraries, measured, second, second_measured
 
 VERDICTS = {"✓": "right", "~": "partly right", "✗": "wrong", "?": "unverified: measure it"}
 # What a measure function may take, besides nothing: a real weight matrix, or the folder of saved runs.
@@ -75,7 +76,29 @@ CLAIMS: tuple[Claim, ...] = (
       counts.lora_adds_parameters),
     C(23, "004", "Adapting to a new task has a low intrinsic dimension (Aghajanyan et al. 2020).", "✓",
       measured.spectrum_of_updates, inputs=("runs_dir",)),
+    # CLAIMS-2.md
+    C(24, "000", "task_type can be 'TOKEN_CLASSIFICATION', 'SEQ_2_SEQ_LM' or 'CAUSAL_LM'.", "✗",
+      second.task_type_names, source="CLAIMS-2.md"),
+    C(25, "003", "Its recommended LoraConfig(...) snippet, commented inline.", "✗", second.seed_003_config_syntax,
+      source="CLAIMS-2.md"),
+    C(26, "002", "lora_dropout randomly drops 10% of LoRA's connections.", "✗",
+      second_measured.dropout_is_not_dropconnect, source="CLAIMS-2.md"),
+    C(27, "004", "A low intrinsic dimension means the data fits in a lower-dimensional space.", "✗",
+      second_measured.dimension_of_parameters_not_data, source="CLAIMS-2.md"),
+    C(28, "000", "LoRA (about 0.12%) is more parameter-efficient than adapters (about 1%).", "~",
+      second_measured.lora_against_adapters, source="CLAIMS-2.md"),
+    C(29, "000", "About 12,288 parameters per attention matrix, about 0.12% of the total.", "✗",
+      second.share_of_one_pair, source="CLAIMS-2.md"),
+    C(30, "000, 003", "task_type makes LoRA update the attention layers correctly / picks the architecture.", "✗",
+      second.target_modules_decide, source="CLAIMS-2.md"),
+    C(31, "000", "Unscaled, the low-rank update is too small; dividing by r normalizes it.", "~",
+      second_measured.dividing_by_r_shrinks, source="CLAIMS-2.md"),
+    C(32, "002", "NF4 stands for 'normalization float 4'.", "✗", second_measured.nf4_is_normal_float,
+      source="CLAIMS-2.md"),
+    C(33, "002", "trainer.train() is the step that applies PEFT to the model.", "✗", second.where_peft_is_applied,
+      source="CLAIMS-2.md"),
 )
+SOURCES = tuple(dict.fromkeys(c.source for c in CLAIMS))   # the claim files, in table order
 
 
 def check_table(claims: tuple[Claim, ...]) -> dict[int, Claim]:
