@@ -95,3 +95,19 @@ def test_a_bug_in_the_quiz_fragment_gets_the_pages_boundary(app_page, monkeypatc
     details = " ".join(t.value for t in at.text)
     assert "ZeroDivisionError: float division by zero in answers.py" in details and str(ROOT) not in details
     assert len(at.expander) > len(quiz.kinds())                # the rest of the page (the bank) still draws
+
+
+# --- issue 12: the bank shows the corrected answers ------------------------------------------------------------------
+def test_the_bank_shows_the_corrected_answers(app_page):
+    at = app_page("interview")
+    labels = [e.label for e in at.expander]
+    for question in ("What do QLoRA's paged optimizers page, and when does it matter?",
+                     "What are QLoRA's three ideas?",
+                     "How does PEFT initialise lora_A, and is that what the LoRA paper says?"):
+        assert question in labels, question
+    shown = " ".join(m.value for m in at.markdown)
+    assert "576 with SEQ_CLS" in shown and "not quietly lower quality" not in shown             # task_type
+    assert "create_normal_map default, not a value the QLoRA paper gives" in shown              # NF4's offset
+    assert "Quoted, not measured by LoRA Lab" in shown and "1.52" not in shown                  # speed
+    assert "which is not α = r" in shown and "kaiming_uniform_" in shown                       # α, init
+    assert "LoRA recovers a planted" in shown and "leaves the model unmerged" in shown          # rank, disable

@@ -4,7 +4,8 @@ Each Concept's answer is written for LoRA Lab and fills its numbers in from lora
 (`Concept.question()`), and its `evidence()` returns the measurement behind it: a hook trace, a
 ledger, a merge check, a toy run. `key_ideas` lists what a spoken answer must contain; each idea
 is accepted if any of its words appears (a lenient check, meant for self-study, not for grading).
-The one number not computed here is the reported GPU step-time measurement, labelled as external.
+Figures not computed here (the authors' α in their scripts, an H100 step time) are labelled as quoted,
+with their source. The quantization, memory and speed answers live in concepts_memory.py.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ from dataclasses import dataclass
 
 from ...config import LoraConfig
 from ...models.sources import build_on_meta
-from ...quant import memory
 from .. import anatomy, evidence, evidence_quant, training_runs
 from ..evidence import Evidence, percent
+from . import concepts_memory as cm
+from .disable_check import disable_on_merged
 from .question import Question, by_kind
+
+# Quoted from the LoRA authors' scripts (microsoft/LoRA, examples/): α is not r there.
+AUTHORS_ALPHA = (
+    {"model": "RoBERTa-base, MNLI", "r": 8, "lora_alpha": 16, "source": "examples/NLU/roberta_base_mnli.sh"},
+    {"model": "DeBERTa-v2-xxlarge, MNLI", "r": 16, "lora_alpha": 32,
+     "source": "examples/NLU/deberta_v2_xxlarge_mnli.sh"},
+    {"model": "GPT-2 Medium, E2E", "r": 4, "lora_alpha": 32, "source": "examples/NLG/README.md (--lora_dim 4)"},
+)
 
 
 @dataclass(frozen=True)
@@ -46,14 +56,49 @@ def _b_zero() -> str:
             f"{grads[1]['‖∂L/∂A‖']:g}: nothing ever trains.")
 
 
+def _a_init() -> str:
+    st = evidence.init_stats()
+    default, gauss = st["rows"]
+    return (f"B starts at zero either way, so ΔW = 0. For A, the LoRA paper's text says a random Gaussian, but "
+            f"its reference code, loralib's reset_parameters, calls nn.init.kaiming_uniform_(A, a=√5): uniform in "
+            f"±1/√in. PEFT's default (init_lora_weights=True) follows that code. Measured on a "
+            f"{st['in_features']}→{st['in_features']} layer at r = {st['r']}: A lies in [{default['A min']:.4f}, "
+            f"{default['A max']:.4f}] within the bound 1/√{st['in_features']} = {st['kaiming_bound']:.4f}, with "
+            f"excess kurtosis {default['A excess kurtosis']:.2f} (a uniform's is −1.2, a Gaussian's 0). "
+            f"init_lora_weights='gaussian' gives the paper's version, N(0, (1/r)²): std {gauss['A std']:.3f}, "
+            f"excess kurtosis {gauss['A excess kurtosis']:.2f}.")
+
+
+def _a_init_evidence() -> Evidence:
+    st = evidence.init_stats()
+    return Evidence(table=st["rows"], figure={"kind": "histograms", "hists": st["hists"],
+                                              "title": "lora_A at step 0", "x_title": "value"},
+                    note="teach.evidence.init_stats: lora_core's init, the same draws PEFT makes")
+
+
+def authors_alpha() -> list[dict]:
+    """AUTHORS_ALPHA with the scale each setting gives (LoraConfig.scaling) and α/r."""
+    return [row | {"α/r": LoraConfig(r=row["r"], lora_alpha=row["lora_alpha"]).scaling} for row in AUTHORS_ALPHA]
+
+
 def _alpha() -> str:
     p = training_runs.alpha_lr_pair()
     d = LoraConfig()
+    quoted = "; ".join(f"{row['model']}: r = {row['r']}, α = {row['lora_alpha']}" for row in AUTHORS_ALPHA)
     return (f"α sets the scale on the update: ΔW = (α/r)·B·A. It adds no parameters. PEFT's defaults (r = {d.r}, "
             f"α = {d.lora_alpha:g}) give scale {d.scaling:g}. Under Adam the step on A and B does not depend on the "
             f"gradient's size, so a larger α mainly makes ΔW move faster, like a larger learning rate: on the toy "
             f"task (α, lr) and (2α, lr/2) stay within {percent(p['half_lr_max_rel_gap_early'])} over the first "
-            f"{p['early_steps']} steps. So fix α (often at r or 2r) and tune the learning rate.")
+            f"{p['early_steps']} steps. The LoRA paper (§4.1) therefore sets α to the first r it tries and does not "
+            f"tune it: α then stays fixed while r changes, which is not α = r. Quoted from the authors' scripts "
+            f"(microsoft/LoRA, examples/NLU and examples/NLG): {quoted}, i.e. α = 2r for RoBERTa and DeBERTa. So fix "
+            f"α and tune the learning rate.")
+
+
+def _alpha_evidence() -> Evidence:
+    scales = _scales_table()
+    return Evidence(table=authors_alpha() + scales.table, figure=scales.figure,
+                    note="quoted: microsoft/LoRA examples/ (r, α); computed: LoraConfig.scaling. " + scales.note)
 
 
 def _scales_table() -> Evidence:
@@ -113,6 +158,23 @@ def _merge_evidence() -> Evidence:
                          f"measured now on {m['threads']} CPU threads")
 
 
+def _disable_merged() -> str:
+    d = disable_on_merged()
+    rows = {row["library"].split(" ")[0]: row for row in d["rows"]}
+    ours = rows["lora_core"]
+    peft_part = ("PEFT is not installed here, so only lora_core ran. " if "PEFT" not in rows else
+                 f"After it they differ: PEFT's disable_adapter() unmerges each layer at its first forward inside "
+                 f"the block and leaves the model unmerged "
+                 f"(merged after the block: {rows['PEFT']['merged after the block']}), while lora_core's "
+                 f"disable_lora merges the adapter back (merged after the block: {ours['merged after the block']}). ")
+    return (f"Inside the block both give the base model: max |Δ| against the base logits is "
+            f"{max(r['max |Δ| vs base inside the block'] for r in d['rows']):.0e}, for an adapter that moves them by "
+            f"{d['adapter_effect']:.2f}. {peft_part}The logits after the block are the adapted ones either way "
+            f"(max |Δ| {max(r['max |Δ| vs adapted after the block'] for r in d['rows']):.0e}), but an unmerged PEFT "
+            f"model pays the LoRA branch on every call until merge_adapter() runs again. Both behaviours were run "
+            f"just now on a tiny GPT-2.")
+
+
 def _conv1d() -> str:
     conv, linear = evidence.conv1d_facts()["rows"]
     return (f"GPT-2's Conv1D stores its weight as (in, out), the transpose of nn.Linear's (out, in): c_attn's is "
@@ -147,110 +209,48 @@ def _all_linear_evidence() -> Evidence:
 def _task_type() -> str:
     rows = evidence.task_type_check()["rows"]
     classes = ", ".join(f"{r['task_type']} → {r['PEFT returns'].split(':')[0]}" for r in rows)
-    return (f"It chooses which PeftModel wrapper get_peft_model returns ({classes}); the adapter and its math are the "
-            f"same. Leaving it out still works for forward passes. A mismatch can fail, as a seq2seq wrapper on a "
-            f"decoder-only model does, but it does not quietly lower quality.")
+    head = evidence.classification_head_check()
+    return (f"It chooses which PeftModel wrapper get_peft_model returns ({classes}), and for classification "
+            f"models it also decides whether the new head trains: SEQ_CLS and TOKEN_CLS add the head (classifier or "
+            f"score) to modules_to_save. On a tiny GPT2ForSequenceClassification with LoRA on c_attn at r = 2: "
+            f"{head['without']:,} trainable parameters without task_type, {head['with']:,} with SEQ_CLS (the "
+            f"{head['with'] - head['without']:,}-parameter score head). Without it the freshly initialised head "
+            f"stays frozen and is not saved with the adapter, so the classifier stays random and quality drops "
+            f"without an error. On a causal LM it only picks the wrapper: leaving it out still works for forward "
+            f"passes, and a seq2seq wrapper on a decoder-only model fails loudly.")
 
 
-# --- quantization and memory ---------------------------------------------------------------------------------
-def _nf4() -> str:
-    c = evidence_quant.codebook_comparison()
-    return (f"4-bit NormalFloat: 16 levels at quantiles of N(0, 1), scaled to [-1, 1] with an exact zero, so "
-            f"normally distributed weights fall into each level about equally often. Weights are cut into blocks of "
-            f"{c['block_size']} and divided by the block's absmax before rounding. Its positive levels sit "
-            f"{c['nf4_probability_steps'][0]:.4f} apart in probability; nothing about it is logarithmic.")
-
-
-def _codebook_evidence() -> Evidence:
-    c = evidence_quant.codebook_comparison()
-    return Evidence(table=c["errors"], figure={"kind": "codebook", "books": c["books"], "density": c["density"]},
-                    note="quant.codebook on a seeded N(0, 0.02²) matrix")
-
-
-def _double_quant() -> str:
-    c = evidence_quant.codebook_comparison()
-    return (f"It quantizes the block constants. Each block of {c['block_size']} weights keeps an fp32 absmax: "
-            f"32/{c['block_size']} = {c['bits_plain']:g} bits per weight. Double quantization stores those constants "
-            f"in 8 bits, in blocks of 256 with one fp32 constant each: {c['bits_double']:.3f} bits per weight "
-            f"(measured {c['bits_double_measured']:.4f}), with constants off by at most "
-            f"{percent(c['double_quant_max_rel_error'], 2)}.")
-
-
-def _memory_setup() -> memory.MemoryConfig:
-    return memory.MemoryConfig(model="Llama-2-7b", method="lora", r=8, weight_dtype="bf16", seq_len=512)
-
-
-def _memory_evidence() -> Evidence:
-    est = memory.compare_methods(_memory_setup())
-    table = [{"component": c, **{m: memory.gib(e.breakdown()[c]) for m, e in est.items()}} for c in memory.COMPONENTS]
-    return Evidence(table=table, figure={"kind": "memory", "estimates": est},
-                    note="quant.memory.compare_methods: Llama-2-7b, bf16, batch 1, 512 tokens, AdamW (GiB)")
-
-
-def _memory() -> str:
-    est = memory.compare_methods(_memory_setup())
-    full, lora = est["full"].breakdown(), est["lora"].breakdown()
-    g = memory.gib
-    return (f"In gradients and optimizer states, which exist only for trainable parameters. Llama-2-7b in bf16: "
-            f"gradients {g(full['gradients']):.1f} → {g(lora['gradients']):.2f} GiB and AdamW states "
-            f"{g(full['optimizer states']):.1f} → {g(lora['optimizer states']):.2f} GiB. The frozen weights still "
-            f"take {g(lora['weights']):.1f} GiB; QLoRA attacks that part by storing them in 4 bits.")
-
-
-def _activations() -> str:
-    est = memory.compare_methods(_memory_setup())
-    return (f"Barely. Backpropagation still runs through every frozen layer to reach the adapters, so the "
-            f"activations stay: {memory.gib(est['full'].activations):.2f} GiB for full fine-tuning against "
-            f"{memory.gib(est['lora'].activations):.2f} GiB for LoRA in this estimate. Gradient checkpointing, "
-            f"shorter sequences or smaller batches are what cut them.")
-
-
-def _qlora_merge() -> str:
-    q = evidence_quant.qlora_merge_error()
-    return (f"Not losslessly. Storing W + ΔW back in NF4 rounds it again, and the rounding is as large as the update "
-            f"itself: {q['nf4_requantized']:.2f}×‖ΔW‖ for an update {percent(q['relative_update'], 0)} the size of W. "
-            f"Merge into a dequantized 16-bit copy instead ({q['bf16']:.2f}×‖ΔW‖ in bf16) or keep the adapter "
-            f"separate (exact).")
-
-
-def _not_faster() -> str:
-    rep = training_runs.REPORTED_STEP_TIMES
-    return (f"Not necessarily. Forward and backward still run through the whole frozen model; LoRA skips the frozen "
-            f"weights' gradients and optimizer update but adds small matmuls and kernel launches. At small scale "
-            f"that overhead wins. A {rep['label']}: at small scale on a GPU, {rep['setup']} was measured at "
-            f"{rep['lora_over_frozen']}× the frozen-base step time, slower than full fine-tuning at "
-            f"{rep['full_over_frozen']}×. LoRA's sure gains are memory and checkpoint size.")
-
-
-def _speed_evidence() -> Evidence:
-    t = training_runs.step_times()
-    rep = training_runs.REPORTED_STEP_TIMES
-    measured = {f"measured here: {k}": f"{v:.2f}×" for k, v in t["relative"].items() if k != "frozen base (fwd+bwd)"}
-    return Evidence(
-        metrics={"reported: LoRA / frozen (GPU)": f"{rep['lora_over_frozen']}×",
-                 "reported: full / frozen (GPU)": f"{rep['full_over_frozen']}×", **measured},
-        figure={"kind": "bars", "values": t["ms"], "title": f"Step time on this CPU ({t['params']:,} parameters)",
-                "y_title": "ms (best of several)"},
-        note=f"reported values: {rep['label']}. Measured values: teach.training_runs.step_times, on this machine "
-             f"now, on {t['threads']} CPU threads")
+def _task_type_evidence() -> Evidence:
+    head, wrappers = evidence.classification_head_check(), evidence.task_type_check()
+    wrapper_of = {f"PEFT wrapper, task_type={row['task_type']}": row["PEFT returns"] for row in wrappers["rows"]}
+    return Evidence(metrics={"trainable without task_type": f"{head['without']:,}",
+                             "trainable with task_type='SEQ_CLS'": f"{head['with']:,}", **wrapper_of},
+                    table=head["rows"],
+                    note="teach.evidence.classification_head_check (tiny GPT2ForSequenceClassification, c_attn r=2) "
+                         "and task_type_check (peft.get_peft_model on a tiny GPT-2)")
 
 
 # --- theory and variants ----------------------------------------------------------------------------------------
 def _intrinsic() -> str:
-    spectra = training_runs.trained_adapter_spectra()
-    real = "; ".join(f"{s['run']}: {percent(s['median energy in σ_1'], 0)} of a ΔW's energy in one direction"
-                     for s in spectra)
-    return ("Because the change a task needs has low intrinsic rank (Aghajanyan et al. 2020; LoRA §7), even though "
-            "W itself is full rank. Trained adapters concentrate in a few directions" + (f" ({real})" if real else "")
-            + ", and on a toy task r = 1..8 already removes most of the loss.")
+    sweep = training_runs.rank_sweep_toy()
+    k, left = sweep["true_rank"], sweep["fraction_left"]
+    return ("It is a hypothesis, not a measured fact. The LoRA paper (§4.1) hypothesises that the update a task needs "
+            "has a low 'intrinsic rank', even though W itself is full rank. It was inspired by Aghajanyan et al. "
+            "2020, who measured something else: intrinsic dimension, the size of a random subspace of all the "
+            "weights in which fine-tuning reaches 90% of full fine-tuning's score. The evidence for low rank would "
+            "be the spectrum of a full fine-tune's ΔW and a rank sweep on a pretrained model; LoRA Lab has not "
+            "replayed those yet. The toy shown here is no such evidence: it only shows that LoRA recovers a planted "
+            f"low-rank update (target planted at rank {k}: r = {k} leaves {percent(left[k], 2)} of the loss, r = 1 "
+            f"leaves {percent(left[1], 0)}).")
 
 
 def _intrinsic_evidence() -> Evidence:
     sweep = training_runs.rank_sweep_toy()
-    toy = [{"adapter": f"toy, r={r}", "loss left": v} for r, v in sweep["fraction_left"].items()]
-    real = [{"adapter": f"trained {s['run']} (r={s['r']})", "median energy in σ_1": s["median energy in σ_1"]}
-            for s in training_runs.trained_adapter_spectra()]
-    return Evidence(table=toy + real, note="teach.training_runs: rank_sweep_toy, trained_adapter_spectra (runs/)")
+    rows = [{"adapter": f"toy, r={r}", "loss left": v, "planted rank": sweep["true_rank"]}
+            for r, v in sweep["fraction_left"].items()]
+    return Evidence(table=rows, note=f"teach.training_runs.rank_sweep_toy: LoRA recovers a planted low-rank update "
+                                     f"(target of rank {sweep['true_rank']} by construction, d = {sweep['d']}); "
+                                     "not evidence that real fine-tuning updates are low-rank")
 
 
 def _adds() -> str:
@@ -287,12 +287,15 @@ CONCEPTS: dict[str, Concept] = by_kind((
        _b_zero, _ev(evidence.zero_init_gradients, note="one LoRA layer, step 0")),
     _C("dropout_where", "init & dropout", "Where does lora_dropout act, and when?",
        (("on the branch's input x", ("input",)), ("in training only", ("train",))), _dropout, _trace_evidence),
+    _C("a_init", "init & dropout", "How does PEFT initialise lora_A, and is that what the LoRA paper says?",
+       (("B starts at zero", ("zero", " 0")), ("A: Kaiming-uniform in the code, Gaussian in the paper's text",
+        ("kaiming", "uniform"))), _a_init, _a_init_evidence),
     _C("bias_modes", "init & dropout", "What does bias='all' or 'lora_only' change?",
        (("which biases train", ("bias",)),), _bias,
        lambda: Evidence(table=anatomy.bias_mode_ledgers("distilgpt2", LoraConfig(r=8, target_modules=["c_attn"])))),
     _C("alpha", "scaling", "What does lora_alpha do, and how should you tune it?",
        (("it scales the update", ("scale", "scaling", "multipl")), ("α/r", ("α/r", "alpha/r", "/r", "over r",
-        "divided by r"))), _alpha, _scales_table),
+        "divided by r"))), _alpha, _alpha_evidence),
     _C("rslora", "scaling", "What is rsLoRA, and what problem does it fix?",
        (("scale α/√r", ("√r", "sqrt", "square root")),), _rslora, _scales_table),
     _C("merged_inference", "merging & serving", "What does a LoRA adapter cost at inference time?",
@@ -303,6 +306,11 @@ CONCEPTS: dict[str, Concept] = by_kind((
         ("unmerged", "swap", "switch", "separate", "per request", "hot"))), _serving,
        lambda: Evidence(table=[evidence.shared_adapters()],
                         note="lora_core.shared_base_copy, lora_core.shares_storage")),
+    _C("disable_merged", "merging & serving",
+       "You merged the adapter, then ran a block under disable_adapter(). What state is the model in afterwards?",
+       (("inside the block: the base model", ("base",)), ("PEFT leaves it unmerged; lora_core merges again",
+        ("unmerge", "re-merge", "remerge", "merges again", "merged again"))), _disable_merged,
+       _ev(disable_on_merged, note="teach.interview.disable_check: PEFT and lora_core on the same tiny GPT-2")),
     _C("conv1d", "architecture", "GPT-2's projections are Conv1D, not nn.Linear. What changes for LoRA?",
        (("the weight is transposed, (in, out)", ("transpose", "in, out", "(in,out)", "fan_in_fan_out")),),
        _conv1d, _ev(evidence.conv1d_facts, note="meta-device layers of distilgpt2 and SmolLM2")),
@@ -310,26 +318,37 @@ CONCEPTS: dict[str, Concept] = by_kind((
        (("target_modules='all-linear'", ("all-linear", "all_linear", "all linear")),), _all_linear,
        _all_linear_evidence),
     _C("task_type", "architecture", "What does task_type in LoraConfig do?",
-       (("it picks the PEFT wrapper class", ("wrapper", "class", "peftmodel")),), _task_type,
-       _ev(evidence.task_type_check, note="peft.get_peft_model on a tiny GPT-2")),
+       (("it picks the PEFT wrapper class", ("wrapper", "class", "peftmodel")),
+        ("for classifiers it trains and saves the head", ("head", "classifier", "score", "modules_to_save"))),
+       _task_type, _task_type_evidence),
     _C("nf4", "quantization", "What is NF4?", (("normal quantiles", ("quantile", "normal", "gaussian")),
-       ("blockwise absmax", ("block", "absmax"))), _nf4, _codebook_evidence),
+       ("scaled per block by its absmax", ("block", "absmax"))), cm.nf4_answer, cm.codebook_evidence),
     _C("double_quant", "quantization", "What does double quantization save, and how?",
        (("the block constants", ("constant", "absmax", "scale")), ("8-bit", ("8-bit", "8 bit", "8bit", "int8"))),
-       _double_quant, _codebook_evidence),
+       cm.double_quant_answer, cm.codebook_evidence),
     _C("qlora_merge", "quantization", "Can you merge a LoRA adapter into a 4-bit QLoRA base?",
        (("not losslessly: re-quantization error", ("error", "lossy", "round", "noise")), ("dequantize to 16-bit",
-        ("dequant", "16", "bf16", "fp16"))), _qlora_merge,
+        ("dequant", "16", "bf16", "fp16"))), cm.qlora_merge_answer,
        lambda: Evidence(table=[evidence_quant.qlora_merge_error()],
                         note="quant.codebook on a seeded N(0, 0.02²) matrix")),
+    _C("qlora_ideas", "quantization", "What are QLoRA's three ideas?",
+       (("NF4", ("nf4", "normalfloat", "normal float")), ("double quantization", ("double",)),
+        ("paged optimizers", ("paged", "paging"))), cm.qlora_ideas_answer, cm.qlora_ideas_evidence),
+    _C("paged_optimizers", "memory", "What do QLoRA's paged optimizers page, and when does it matter?",
+       (("the optimizer states", ("optimizer", "adam")), ("evicted to CPU RAM when the GPU runs out",
+        ("cpu", "evict", "unified", "page")), ("memory spikes, e.g. long sequences", ("spike", "long", "peak"))),
+       cm.paged_answer, cm.paged_evidence),
     _C("lora_vs_full_memory", "memory", "Where exactly does LoRA save memory compared with full fine-tuning?",
-       (("optimizer states", ("optimizer", "adam")), ("gradients", ("gradient",))), _memory, _memory_evidence),
+       (("optimizer states", ("optimizer", "adam")), ("gradients", ("gradient",))), cm.memory_answer,
+       cm.memory_evidence),
     _C("activations", "memory", "Does LoRA reduce activation memory?",
-       (("no, hardly", ("no", "not", "barely", "hardly", "little")), ("activations still flow through frozen layers",
-        ("activation",))), _activations, _memory_evidence),
+       (("only somewhat", ("no", "not", "barely", "hardly", "little", "somewhat", "some", "partly", "less")),
+        ("a frozen layer's input is kept only if something needs it", ("input", "weight gradient", "saved",
+                                                                        "stored"))), cm.activations_answer,
+       cm.memory_evidence),
     _C("not_faster", "speed", "Is a LoRA training step always faster than a full fine-tuning step?",
        (("no", ("no", "not")), ("forward/backward through the frozen model", ("forward", "backward", "frozen"))),
-       _not_faster, _speed_evidence),
+       cm.speed_answer, cm.speed_evidence),
     _C("intrinsic_rank", "theory", "Why can such a low rank be enough?",
        (("low intrinsic rank", ("low", "intrinsic", "few directions")), ("of the update, not of W", ("update", "δw",
         "delta", "change"))), _intrinsic, _intrinsic_evidence),

@@ -146,11 +146,22 @@ def _estimate(model: str, method: str, **kw) -> memory.MemoryEstimate:
 
 
 def solve_optimizer_memory(p: dict) -> dict:
-    est = _estimate(p["model"], p["method"], r=p["r"], optimizer="adamw")
-    unit, power = ("GiB", 30) if p["method"] == "full" else ("MiB", 20)
-    return {"answer": est.optimizer / 2**power, "unit": unit, "power": power, "trainable": est.trainable_params,
-            "optimizer_bytes": est.optimizer,
-            "what": "full fine-tuning" if p["method"] == "full" else f"LoRA r={p['r']} on PEFT's default targets"}
+    """Full fine-tuning in bf16: weights + gradients + AdamW states under the drawn accounting
+    (memory.OPTIMIZER_PRECISIONS: 8, 12 or 16 B per parameter). LoRA: the AdamW states of the fp32 factors."""
+    if p["method"] == "full":
+        est = _estimate(p["model"], "full", weight_dtype="bf16", optimizer_precision=p["precision"])
+        held = est.weights + est.gradients + est.optimizer
+        per = est.bytes_per_trainable_param
+        return {"answer": held / 2**30, "unit": "GiB", "power": 30, "held_bytes": held,
+                "what": f"full fine-tuning of bf16 weights with AdamW, counted as: "
+                        f"{memory.PRECISION_LABELS[p['precision']]}",
+                "part": "the weights, gradients and optimizer states together",
+                "sum": f"P·{per:g} B = {est.trainable_params:,}·{per:g} = {held:,} B"}
+    est = _estimate(p["model"], "lora", r=p["r"], optimizer="adamw")
+    return {"answer": est.optimizer / 2**20, "unit": "MiB", "power": 20, "held_bytes": est.optimizer,
+            "what": f"LoRA r={p['r']} on PEFT's default targets, AdamW", "part": "the optimizer states",
+            "sum": f"the LoRA factors are fp32, so AdamW's two moments are fp32 too: T·8 B = "
+                   f"{est.trainable_params:,}·8 = {est.optimizer:,} B"}
 
 
 def solve_weight_memory(p: dict) -> dict:
@@ -223,12 +234,11 @@ NUMERIC: tuple[NumericQuestion, ...] = (
            "constant per 256 blocks."),
     Q("optimizer_memory", "memory",
       lambda rng: dict(model=rng.choice(available_configs()), method=rng.choice(("full", "lora")),
-                       r=rng.choice(RANKS[2:])),
-      "{model}, {what}, AdamW. How much memory do the optimizer states take, in {unit} (2^{power} bytes)?",
-      solve_optimizer_memory,
-      "two fp32 moments per trainable parameter: T·8 B = {trainable:,}·8 = {optimizer_bytes:,} B = {answer:.4g} "
-      "{unit}", rel_tol=0.02,
-      hint="AdamW keeps m and v in fp32 for every trainable parameter, whatever the weight dtype."),
+                       r=rng.choice(RANKS[2:]), precision=rng.choice(memory.OPTIMIZER_PRECISIONS)),
+      "{model}, {what}. How much memory do {part} take, in {unit} (2^{power} bytes)?",
+      solve_optimizer_memory, "{sum} = {answer:.4g} {unit}", rel_tol=0.02,
+      hint="torch.optim.AdamW keeps m and v in each parameter's own dtype: bf16 weights get bf16 moments "
+           "(2 + 2 + 2·2 = 8 B per parameter). fp32 moments make it 12 B, fp32 master weights on top 16 B."),
     Q("weight_memory", "memory",
       draw_weight_setup,
       "{model}: how many GiB do the weights take {what}?", solve_weight_memory,
