@@ -35,6 +35,11 @@ def block_layers(arch: str, block: int) -> tuple[str, list[str]]:
 
 
 @st.cache_data(show_spinner=False)
+def heads_table() -> list[dict]:
+    return anatomy.attention_heads()
+
+
+@st.cache_data(show_spinner=False)
 def regex_result(name: str) -> dict:
     return anatomy.regex_vs_all_linear(meta_model(name))
 
@@ -69,7 +74,7 @@ def init_source() -> tuple[str, str, str]:
         return FALLBACK, GPT2, f"distilgpt2 shapes with random weights (SmolLM2 is not available: {err})"
 
 
-@st.cache_data(show_spinner="Running the four inits…")
+@st.cache_data(show_spinner="Running four of PEFT's inits…")
 def gallery(source: str, layer: str, r: int, alpha: float) -> dict:
     model, _ = base_model(source)  # read only: init_gallery works on a deep copy of the layer
     return anatomy.init_gallery(model.get_submodule(layer), r=r, lora_alpha=alpha)
@@ -106,15 +111,25 @@ if state is None:
 cfg = state
 r, alpha = cfg.r, cfg.lora_alpha  # the rest of the page follows the last valid settings, not a rejected input
 
+heads = {row["model"]: row for row in heads_table()}
+smol = heads[LLAMA]
 left, right = st.columns(2)
 for col, name, note in ((left, GPT2, "GPT-2 fuses q, k and v into one Conv1D, `attn.c_attn`, and names its MLP "
                          "`c_fc` / `c_proj`. Conv1D stores its weight as (in, out)."),
-                        (right, LLAMA, "Llama keeps `q_proj`, `k_proj`, `v_proj`, `o_proj` apart (k and v are "
-                         "narrower: grouped-query attention) and gates its MLP: `gate_proj`, `up_proj`, "
-                         "`down_proj`, all nn.Linear.")):
+                        (right, LLAMA, "SmolLM2 (Llama architecture) keeps `q_proj`, `k_proj`, `v_proj`, `o_proj` "
+                         f"apart. Its k and v are narrower ({smol['k_proj, v_proj out']} outputs against q's "
+                         f"{smol['q_proj out']}): {smol['key/value heads']} key/value heads serve "
+                         f"{smol['query heads']} query heads, grouped-query attention. It gates its MLP: "
+                         "`gate_proj`, `up_proj`, `down_proj`, all nn.Linear.")):
     hits = matched(name, cfg)
     col.plotly_chart(tree_figure(name, cfg), width="stretch")
     col.caption(f"{note} Orange = wrapped. In the whole model this choice wraps **{len(hits)}** modules.")
+with_gqa = [m for m, row in heads.items() if row["grouped-query attention"]]
+without = [m for m, row in heads.items() if not row["grouped-query attention"]]
+st.markdown(f"Grouped-query attention is a choice each model makes, not a Llama trait. In the shipped configs, "
+            f"{', '.join(with_gqa)} use it; {', '.join(without)} {'does' if len(without) == 1 else 'do'} not: there "
+            "k_proj and v_proj are as wide as q_proj, which changes what LoRA on k and v costs.")
+st.table(heads_table())
 
 # --- 2. seed 001's regex ------------------------------------------------------------------------------
 st.header("2. A regex over `print(model)` is not a layer finder")
@@ -194,6 +209,10 @@ if result is not None:
     s1, s2 = st.columns(2)
     s1.plotly_chart(chart, width="stretch")
     s2.plotly_chart(spectrum, width="stretch")
+    st.caption("Where A starts: the LoRA paper's text says a random Gaussian, but its reference code (loralib's "
+               "`reset_parameters`) draws A Kaiming-uniform with a = √5, nn.Linear's default, and PEFT's `True` "
+               "follows that code. PEFT's `gaussian` matches the paper's wording (a normal with std 1/r). "
+               "Either way B = 0.")
     st.caption("True and gaussian start with B = 0: ΔW = 0 and the output is the base's exactly. False makes both "
                "factors random, so the model changes before any training. PiSSA puts W's top r singular "
                "directions into B·A and rewrites the frozen weight to the residual, so ΔW is large, the output "

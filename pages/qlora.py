@@ -1,5 +1,5 @@
-"""QLoRA and memory: NF4 built live, its error on real SmolLM2 weights, double quantization, and a
-memory estimator for full fine-tuning, LoRA and QLoRA. Every number comes from lora_core."""
+"""QLoRA and memory: NF4 built live, its error on real SmolLM2 weights, double quantization, paged
+optimizers, and a memory estimator for full fine-tuning, LoRA and QLoRA. Every number comes from lora_core."""
 
 import streamlit as st
 
@@ -16,16 +16,26 @@ st.title("QLoRA and memory")
 st.caption("QLoRA (Dettmers et al. 2023, arXiv 2305.14314) fine-tunes LoRA adapters (arXiv 2106.09685) on top "
            "of a base model stored in 4 bits. Below, the 4-bit format is built from scratch and measured, and "
            "the memory of a training step is added up component by component.")
+st.markdown(
+    "The paper (section 3) names **three ideas**: the **NF4** data type (section 1 below), **double "
+    "quantization** (section 3) and **paged optimizers** (section 5). The first two stand on **blockwise absmax** "
+    "quantization (section 2), which QLoRA takes from the earlier 8-bit optimizers work (Dettmers et al. 2021, "
+    "arXiv 2110.02861).")
 
 # --- 1. the codebook ------------------------------------------------------------------------------
 st.header("1. NF4: sixteen quantiles of a normal distribution")
+edge = codebook.NF4_OFFSET
 st.markdown(
     "A 4-bit code can only name 16 values, so the whole format is a list of 16 **levels** in [-1, 1]. "
     "NF4 puts them where a normally distributed weight is most likely to be: at evenly spaced "
     "*probabilities* of N(0, 1), read through the inverse CDF Φ⁻¹. Eight positive levels take the "
-    "probabilities from 0.9677 down to 0.5, seven negative levels mirror eight of them, and an exact 0 "
-    "completes the sixteen. Dividing by Φ⁻¹(0.9677) puts the outermost levels at ±1.")
-st.latex(r"q_i = \frac{\Phi^{-1}(p_i)}{\Phi^{-1}(0.9677)}, \qquad p_i \text{ evenly spaced in } [0.5,\ 0.9677]")
+    f"probabilities from {edge:.4f} down to 0.5, seven negative levels mirror eight of them, and an exact 0 "
+    f"completes the sixteen. Dividing by Φ⁻¹({edge:.4f}) puts the outermost levels at ±1.")
+st.latex(rf"q_i = \frac{{\Phi^{{-1}}(p_i)}}{{\Phi^{{-1}}({edge:.4f})}}, \qquad p_i \text{{ evenly spaced in }} "
+         rf"[0.5,\ {edge:.4f}]")
+st.caption(f"The edge probability {edge} = 1 − ½(1/30 + 1/32) is the default `offset` of bitsandbytes' "
+           "`create_normal_map`, the code released with the paper. The paper describes quantiles of N(0, 1) but "
+           "gives no value for it; the levels below match bitsandbytes' table.")
 st.markdown(
     "Seed 002 says NF4 \"uses logarithmic scaling\". It does not. Below is NF4 next to a plain uniform "
     "4-bit grid and a real logarithmic grid (sign bit plus 3-bit exponent, ±2⁻ᵏ): each of its levels is "
@@ -39,6 +49,7 @@ with st.expander("The 16 levels of each codebook"):
 # --- 2. blockwise absmax on real weights ------------------------------------------------------------
 st.header("2. Blockwise absmax, and the error on real weights")
 st.markdown(
+    "Blockwise quantization is older than QLoRA: it comes from the 8-bit optimizers work (arXiv 2110.02861). "
     "Before rounding, the weights are cut into **blocks of 64** and each block is divided by its own "
     "largest |w|, its *absmax*. The block now fills [-1, 1] and its largest weight is stored exactly. "
     "Each weight becomes the index of its nearest level, and the block keeps one fp32 constant. "
@@ -129,7 +140,7 @@ st.markdown(
 KEYS = {"model": "qlora_model", "method": "qlora_method", "r": "qlora_r", "target_modules": "qlora_targets",
         "weight_dtype": "qlora_dtype", "batch_size": "qlora_batch", "seq_len": "qlora_seq",
         "optimizer": "qlora_opt", "gradient_checkpointing": "qlora_gc", "flash_attention": "qlora_flash",
-        "double_quant": "qlora_dq", "master_weights": "qlora_master", "lora_dropout": "qlora_dropout"}
+        "double_quant": "qlora_dq", "optimizer_precision": "qlora_precision", "lora_dropout": "qlora_dropout"}
 PRESET = memory.SEED_002_QLORA
 
 
@@ -155,20 +166,23 @@ targets = c2.text_input("target_modules", key=KEYS["target_modules"],
                         help="comma-separated names, 'all-linear', or empty for PEFT's default")
 batch = c3.number_input("batch size", min_value=1, step=1, key=KEYS["batch_size"])
 seq = c4.number_input("sequence length", min_value=1, step=64, key=KEYS["seq_len"])
-c1, c2, c3, c4, c5 = st.columns(5)
+c1, c2, c3, c4 = st.columns(4)
 dropout = c1.number_input("lora_dropout", min_value=0.0, max_value=0.99, step=0.05, key=KEYS["lora_dropout"])
 gc = c2.toggle("gradient checkpointing", key=KEYS["gradient_checkpointing"])
 flash = c3.toggle("FlashAttention", key=KEYS["flash_attention"])
 dq = c4.toggle("double quantization", key=KEYS["double_quant"])
-master = c5.toggle("fp32 master weights", key=KEYS["master_weights"],
-                   help="full fine-tuning in 16 bits: keep an fp32 copy of every weight (mixed precision)")
+precision = st.selectbox("bytes per trained parameter (weights + gradients + AdamW states)",
+                         memory.OPTIMIZER_PRECISIONS, format_func=memory.PRECISION_LABELS.get,
+                         key=KEYS["optimizer_precision"],
+                         help="How the optimizer's states are counted. LoRA's factors train in fp32, so this choice "
+                              "only moves full fine-tuning of a 16-bit model.")
 
 
 def estimates() -> tuple[memory.MemoryConfig, dict[str, memory.MemoryEstimate]]:
     return qlora_study.memory_comparison(
         targets, model=model, method=method, r=int(r), lora_alpha=PRESET.lora_alpha, lora_dropout=float(dropout),
         weight_dtype=dtype, batch_size=int(batch), seq_len=int(seq), optimizer=optimizer, gradient_checkpointing=gc,
-        flash_attention=flash, double_quant=dq, master_weights=master)
+        flash_attention=flash, double_quant=dq, optimizer_precision=precision)
 
 
 result = last_good("qlora:memory", estimates)
@@ -176,6 +190,11 @@ if result:
     cfg, by_method = result
     est = by_method[cfg.method]
     st.plotly_chart(viz.memory_bars({METHOD_LABELS[m]: e for m, e in by_method.items()}), width="stretch")
+    per_param = {METHOD_LABELS[m]: e.bytes_per_trainable_param for m, e in by_method.items()}
+    st.caption(f"Accounting used by these bars: {memory.PRECISION_LABELS[cfg.optimizer_precision]}, "
+               f"with the {cfg.optimizer} optimizer. Weights + gradients + optimizer states per trained parameter: "
+               + ", ".join(f"{label} {b:g} B" for label, b in per_param.items())
+               + ". LoRA's A and B are fp32, so the choice above moves only full fine-tuning.")
     m1, m2, m3, m4 = st.columns(4)
     m1.metric(f"{METHOD_LABELS[cfg.method]}, total", f"{memory.gib(est.total):.2f} GiB")
     m2.metric("trainable parameters", f"{est.trainable_params:,}")
@@ -195,7 +214,9 @@ if result:
 
     st.subheader(f"The same {METHOD_LABELS[cfg.method]} setup in fp32, bf16 and fp16 (GiB)")
     st.markdown("Seed 002 is right that fp32 costs more: 4 bytes per value instead of 2, for the weights, "
-                "the gradients of full fine-tuning, and the activations. The optimizer's fp32 moments do not shrink.")
+                "the gradients of full fine-tuning, and the activations. Each row uses the accounting chosen "
+                f"above ({memory.PRECISION_LABELS[cfg.optimizer_precision]}); torch's AdamW keeps its moments "
+                "in each parameter's own dtype, so whether they shrink with the weights depends on that choice.")
     st.dataframe(qlora_study.dtype_table(cfg), hide_index=True)
 
     seed_runs = qlora_study.seed_002()
@@ -214,12 +235,37 @@ with st.expander("How each part is computed"):
         "and the output layer stay in the compute dtype. LoRA's A and B are kept in fp32, as PEFT does by default.\n"
         "- **Quantization constants:** quantized weights × bits per weight from section 3 ÷ 8.\n"
         "- **Gradients:** one per trainable parameter, in its dtype.\n"
-        "- **Optimizer:** AdamW keeps two fp32 moments, 8 bytes per trainable parameter; plain SGD none; "
-        "8-bit AdamW about 2. Mixed precision adds a 4-byte fp32 master copy when full fine-tuning in 16 bits.\n"
-        "- **Activations:** Korthikanti et al. 2022 (arXiv 2205.05198) count s·b·h·(34 + 5·a·s/h) bytes per "
-        "layer for 16-bit activations (s tokens, b batch, h hidden size, a heads); the 5·a·s/h part is the "
-        "attention matrix, which FlashAttention does not store. Gradient checkpointing keeps only each layer's "
-        "input (s·b·h values) and recomputes one layer at a time. The logits add s·b·V·(bytes + 4). "
-        "LoRA branches add A's output and, with dropout, the dropped input.\n"
-        "- **Left out:** the CUDA context, allocator fragmentation and temporary buffers. The per-layer constant "
-        "was derived for GPT-style blocks; SwiGLU MLPs and grouped-query attention shift it.")
+        "- **Optimizer:** `torch.optim.AdamW` keeps two moments (`exp_avg`, `exp_avg_sq`) in each parameter's "
+        "own dtype: 2 + 2 B for a bf16 weight, 4 + 4 B for LoRA's fp32 factors. Plain SGD keeps none; 8-bit AdamW "
+        "about 2 B. The selector above chooses how full fine-tuning of a 16-bit model is counted: "
+        + "; ".join(memory.PRECISION_LABELS[p] for p in memory.OPTIMIZER_PRECISIONS) + ".\n"
+        "- **Activations:** the tensors autograd saves for the backward pass, added up site by site "
+        "(`lora_core.quant.activations`), after Korthikanti et al. 2022 (arXiv 2205.05198) for GPT-style blocks "
+        "and our own derivation for Llama-style ones. A frozen projection saves no input, because it needs no "
+        "weight gradient; only a LoRA A that reads the same tensor keeps it. So with q and v targets, the inputs "
+        "of o_proj and of the MLP projections are not stored, and LoRA keeps fewer activations than full "
+        "fine-tuning. FlashAttention stores no s×s scores; gradient checkpointing keeps each block's input and "
+        "recomputes one block at a time. The logits add s·b·V·(bytes + 4).\n"
+        "- **Left out:** the CUDA context, allocator fragmentation and temporary buffers (a dequantized 4-bit "
+        "weight, for one). The Memory page measures a real step beside this estimate.")
+
+# --- 5. paged optimizers ----------------------------------------------------------------------------
+st.header("5. Paged optimizers: QLoRA's third idea")
+st.markdown(
+    "The optimizer states (AdamW's two moments) are allocated in **NVIDIA unified memory**. When the GPU runs "
+    "short, the driver **evicts those pages to CPU RAM** and **pages them back** when the optimizer update needs "
+    "them, instead of failing with out-of-memory. The QLoRA paper adds them for the **memory spikes** of training "
+    "with gradient checkpointing: a mini-batch of long sequences can briefly need far more activation memory "
+    "than an ordinary one. They cost little while memory suffices, and time (PCIe transfers) when paging "
+    "happens; bitsandbytes provides them (`paged_adamw_8bit`, `paged_adamw_32bit` in transformers' Trainer).")
+if result:
+    paging = qlora_study.paged_optimizer_view(cfg)
+    p1, p2, p3 = st.columns(3)
+    p1.metric("optimizer states (can be paged out)", f"{memory.gib(paging['optimizer']):.3f} GiB",
+              help=f"{paging['optimizer_share']:.1%} of this setup's {memory.gib(paging['total']):.2f} GiB")
+    p2.metric(f"total at {paging['long_seq_len']:,} tokens", f"{memory.gib(paging['long_total']):.2f} GiB",
+              help=f"the same setup with {qlora_study.LONG_SEQ_FACTOR}× the sequence length")
+    p3.metric("activation spike of that batch", f"{memory.gib(paging['spike']):.2f} GiB")
+    st.caption(f"Estimated for the setup above ({METHOD_LABELS[cfg.method]}, {cfg.model}). Paging can free at most "
+               "the optimizer states: with LoRA they are small, so paging rides out a spike only when it is about "
+               "that size; a bigger spike still needs checkpointing, a smaller batch or a bigger GPU.")

@@ -43,7 +43,7 @@ def adapter_spectra(layer: int, proj: str, r: int, alpha: float) -> dict:
 
 @st.cache_data(show_spinner=False)
 def trained_pair(r_small: int, r_large: int) -> dict:
-    """Two adapters trained on the same toy problem (a rank-4 target), compared (plain tensors)."""
+    """Two adapters trained on the same toy problem (a planted rank-4 target), compared (plain tensors)."""
     return low_rank.trained_pair(r_small, r_large)
 
 
@@ -81,7 +81,8 @@ right.plotly_chart(viz.energy_curve(lc.spectrum.energy_profile(study.singular_va
 if source != "a picture":
     st.info(f"A pretrained weight is **not** low rank: its top {k} values keep only {report['energy']:.1%} "
             "of its energy. LoRA does not compress W. It bets that the *change* ΔW a new task needs has "
-            "low rank, which is what section 3 shows.")
+            "low rank: the LoRA paper's intrinsic-rank hypothesis, which section 3's toy illustrates but "
+            "does not test.")
 
 # --- 2. the spectrum of ΔW -----------------------------------------------------------------------
 st.header("2. The spectrum of ΔW = B·A·scaling")
@@ -103,10 +104,10 @@ if spectra:
     st.caption("The fresh adapter's ΔW is exactly zero (B starts at zero), so it has no spectrum to draw: "
                "that is why training starts from the base model's behaviour.")
 
-# --- 3. trained adapters: low intrinsic rank and subspace similarity -----------------------------
-st.header("3. Trained adapters: same directions at r = 8 and r = 64")
+# --- 3. a toy with a planted low-rank target: recovery and subspace similarity ---------------------
+st.header("3. A planted rank-4 target: do r = 8 and r = 64 find the same directions?")
 st.markdown("Both adapters below are trained with Adam on the same toy task (`lc.toy`): a frozen "
-            "128×128 layer must learn an update of rank 4 from data. Section 7 of the LoRA paper asks "
+            "128×128 layer must learn an update we **planted** with rank 4. Section 7 of the LoRA paper asks "
             "whether a larger r finds new directions. φ(i, j) measures how much of the top i directions "
             "of one adapter's A lie in the top j of the other's: 1 means contained, 0 means orthogonal.")
 with st.spinner("Training two small adapters…"):
@@ -123,9 +124,9 @@ m2.metric(f"φ on A, top {top}", f"{pair['phi_top_true_rank']:.3f}",
                f"{pair['random_phi']:.3f}")
 m3.metric(f"φ on ΔW, top {top}", f"{pair['phi_delta_top_true_rank']:.3f}",
           help="the input directions ΔW actually uses; A also keeps its random init, which blurs φ on A")
-st.caption(f"The target has rank {top}, and both adapters recover its {top} singular values: the extra "
-           f"{pair['extra_directions']} directions of the {large} adapter stay near zero. A few directions carry "
-           "the update, the intrinsic-rank claim of the LoRA paper, measured here.")
+st.caption(f"The planted target has rank {top}, and both adapters recover its {top} singular values: the extra "
+           f"{pair['extra_directions']} directions of the {large} adapter stay near zero.")
+st.info(pair["what_it_shows"], icon=":material/science:")
 
 # --- 4. adapters trained on the Fine-tuning page -------------------------------------------------
 st.header("4. Your trained adapters")

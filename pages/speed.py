@@ -69,11 +69,15 @@ ref = report.reference_rows()
 st.dataframe([{"case": r["case"], "mode": r["mode"], "ms / step": r["ms"],
                "× floor (same mode)": round(r["vs_frozen"], 2)} for r in ref], hide_index=True)
 quoted = report.reference_highlights()
+wide = report.quoted_all_linear_branches()
 st.markdown(f"Two things stand out. Eager PEFT costs {quoted['peft_eager_overhead']:.0%} over the eager floor for "
             f"c_attn r=8; a compiled hand-written LoRA costs {quoted['hand_compiled_overhead']:.0%} over the compiled "
             f"floor. And compiled LoRA on every linear layer ({quoted['all_linear_compiled_ms']} ms) is no faster than "
             f"compiled full fine-tuning ({quoted['full_compiled_ms']} ms) there: on an H100 the weight gradients LoRA "
-            "saves are cheap, while each of its 24 extra thin matmuls still costs a pass over the activations.")
+            f"saves are cheap, while its {wide['branches']} LoRA branches ({', '.join(wide['targets'])} in each of "
+            f"distilgpt2's layers) add {wide['forward_matmuls']} thin matmuls to the forward, two each (A, then B), "
+            "and each still costs a "
+            "pass over the activations.")
 
 # --- 3. memory rather than time --------------------------------------------------------------------------
 st.header("3. Why LoRA saves memory more than time")
@@ -83,7 +87,8 @@ st.markdown(
     "every weight. Counting matmuls, a perfect LoRA step saves at most a third of full fine-tuning's; the rest of "
     "any gap is that AdamW pass, which only moves memory: it weighs a lot on a CPU with little memory bandwidth "
     "and little on a GPU. At small scale both variants sit close to the same floor.\n\n"
-    "Memory: full fine-tuning keeps a gradient (4 B) and two AdamW moments (8 B) for **every** weight. "
+    "Memory: full fine-tuning keeps a gradient and two AdamW moments for **every** weight (4 B + 8 B in fp32, "
+    "the benchmark's CPU dtype; torch's AdamW keeps its moments in the weight's own dtype). "
     "LoRA keeps them for the factors only, hundreds of times fewer numbers. That saving does not shrink "
     "with scale: it is what lets a 7B model train on one GPU (QLoRA, arXiv 2305.14314). The bars below are "
     "the gradients and AdamW moments the benchmark's own optimizers held, measured from the tensors.")

@@ -34,3 +34,9 @@ def test_comparing_two_session_adapters_needs_a_shared_layer():
     assert same["phi_top1"] == pytest.approx(1.0)                       # an adapter against itself
     with pytest.raises(ValueError, match=r"layer='h.0.c_attn' is not allowed: both adapters must adapt it"):
         low_rank.compare_adapters(one, two, "h.0.c_attn")
+
+
+def test_what_the_toy_shows_names_the_planted_rank_and_what_it_does_not_prove():
+    text = low_rank.what_the_toy_shows(4)
+    assert "planted** with rank 4" in text and "not evidence" in text
+    assert "*intrinsic rank* hypothesis" in text and "intrinsic *dimension*" in text

@@ -47,3 +47,22 @@ def test_bad_regex_is_inline(app_page):
     assert not at.exception
     assert "not a valid regular expression" in at.error[0].value
     assert at.code[0].value == "['lm_head']"                                  # the page still draws
+
+
+def test_grouped_query_attention_is_read_from_the_shipped_configs_not_called_a_llama_trait(app_page):
+    at = app_page("anatomy")
+    heads = at.table[0].value.set_index("model")
+    assert heads.loc["Llama-2-7b", "key/value heads"] == heads.loc["Llama-2-7b", "query heads"] == 32
+    assert not heads.loc["Llama-2-7b", "grouped-query attention"]
+    for name in ("SmolLM2-135M", "Llama-3-8B", "Mistral-7B"):
+        assert heads.loc[name, "grouped-query attention"]
+    assert heads.loc["SmolLM2-135M", "k_proj, v_proj out"] == 192                 # 3 k/v heads × 64
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "not a Llama trait" in text and "Llama-2-7b does not" in text
+    assert "Llama keeps `q_proj`, `k_proj`, `v_proj`, `o_proj` apart (k and v are narrower" not in text
+
+
+def test_init_section_says_the_paper_text_and_the_reference_code_differ(app_page):
+    at = app_page("anatomy")
+    text = " ".join(c.value for c in at.caption)
+    assert "paper's text says a random Gaussian" in text and "Kaiming-uniform with a = √5" in text

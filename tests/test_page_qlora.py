@@ -5,6 +5,7 @@ from conftest import metrics
 from streamlit.testing.v1 import AppTest
 
 from lora_core.quant import memory
+from lora_core.teach import qlora_study
 
 
 @pytest.fixture
@@ -56,3 +57,34 @@ def test_bad_target_shows_inline_error_and_keeps_the_chart(page):
     page.button[0].click().run()                             # the seed 002 preset puts it right
     assert not page.error
     assert metrics(page)["trainable parameters"] == "33,554,432"
+
+
+def test_page_names_the_papers_three_ideas_and_attributes_the_offset(page):
+    text = " ".join(m.value for m in page.markdown) + " ".join(c.value for c in page.caption)
+    assert "**three ideas**: the **NF4** data type" in text and "**paged optimizers**" in text
+    assert "8-bit optimizers work (Dettmers et al. 2021, arXiv 2110.02861)" in text
+    assert "default `offset` of bitsandbytes' `create_normal_map`" in text and "gives no value for it" in text
+    assert "AdamW keeps two fp32 moments" not in " ".join(e.value for e in page.markdown)
+
+
+def test_paged_optimizers_section_shows_the_states_it_can_move(page):
+    view = qlora_study.paged_optimizer_view(memory.SEED_002_QLORA)
+    shown = metrics(page)
+    assert shown["optimizer states (can be paged out)"] == f"{memory.gib(view['optimizer']):.3f} GiB"
+    assert shown["activation spike of that batch"] == f"{memory.gib(view['spike']):.2f} GiB"
+    text = " ".join(m.value for m in page.markdown)
+    assert "NVIDIA unified memory" in text and "evicts those pages to CPU RAM" in text
+
+
+def test_bytes_per_parameter_are_selectable_and_each_chart_says_its_accounting(page):
+    from dataclasses import replace
+
+    full = replace(memory.SEED_002_QLORA, method="full")
+    for precision in memory.OPTIMIZER_PRECISIONS:
+        page.selectbox(key="qlora_precision").set_value(precision).run()
+        assert not page.exception
+        expected = memory.estimate_memory(replace(full, optimizer_precision=precision))
+        shown = " ".join(c.value for c in page.caption)
+        assert f"Accounting used by these bars: {memory.PRECISION_LABELS[precision]}" in shown
+        assert f"full fine-tuning {expected.bytes_per_trainable_param:g} B" in shown
+        assert "LoRA 16 B" in shown

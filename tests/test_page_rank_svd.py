@@ -33,3 +33,12 @@ def test_rank_page_keeps_the_last_table_on_bad_alpha(app_page):
     assert not at.exception
     assert "lora_alpha=0.0 is not allowed" in at.error[0].value
     assert at.dataframe[0].value.iloc[1]["numerical rank"] == 8
+
+
+def test_the_toy_is_labelled_a_planted_target_not_intrinsic_rank_evidence(app_page):
+    at = app_page("rank_svd")
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption) + \
+        " ".join(i.value for i in at.info)
+    assert "the intrinsic-rank claim of the LoRA paper, measured here" not in text
+    assert "planted" in text and "intrinsic *dimension*" in text and "arXiv 2012.13255" in text
+    assert any("not evidence" in i.value for i in at.info)

@@ -35,3 +35,10 @@ def test_live_button_runs_a_tiny_benchmark(app_page):
     table = at.dataframe[-1].value
     assert list(table["case"]) == ["frozen (floor)", "ours c_attn r=8", "peft c_attn r=8", "full fine-tuning"]
 
+
+
+def test_the_quoted_all_linear_case_counts_its_matmuls_from_the_configuration(app_page):
+    at = app_page("speed")
+    text = " ".join(m.value for m in at.markdown)
+    assert "24 extra thin matmuls" not in text
+    assert "its 24 LoRA branches (c_attn, c_proj, c_fc in each of distilgpt2's layers) add 48 thin matmuls" in text

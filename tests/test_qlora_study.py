@@ -1,6 +1,8 @@
 """lora_core.teach.qlora_study, what the QLoRA page shows: a weight quantized with each codebook and ranked,
 and the memory comparison behind the page's target box."""
 
+from dataclasses import replace
+
 import pytest
 
 from lora_core.quant import memory
@@ -33,3 +35,15 @@ def test_memory_comparison_reads_the_target_box():
     assert [row["dtype"] for row in table] == list(memory.DTYPE_BYTES)
     seed = qlora_study.seed_002()
     assert seed["with checkpointing"].total < seed["as given"].total
+
+
+def test_paged_optimizer_view_counts_what_paging_can_move_and_the_long_batch_spike():
+    seed = memory.SEED_002_QLORA
+    view = qlora_study.paged_optimizer_view(seed)
+    usual = memory.estimate_memory(seed)
+    long = memory.estimate_memory(replace(seed, seq_len=seed.seq_len * qlora_study.LONG_SEQ_FACTOR))
+    assert view["optimizer"] == usual.optimizer == usual.trainable_params * 8       # AdamW on fp32 factors
+    assert view["long_seq_len"] == 4 * seed.seq_len and view["long_total"] == long.total
+    assert view["spike"] == long.activations - usual.activations > 0
+    with pytest.raises(ValueError, match="long_seq_factor=1 is not allowed"):
+        qlora_study.paged_optimizer_view(seed, long_seq_factor=1)

@@ -170,3 +170,11 @@ def test_value_histogram_counts_every_value():
 def test_bad_input_names_the_field(call, field):
     with pytest.raises(ValueError, match=rf"^{field}="):
         call()
+
+
+def test_the_module_names_qloras_three_ideas_and_attributes_blockwise_and_the_offset():
+    doc = codebook.__doc__
+    assert "NF4, double quantization and paged optimizers" in doc
+    assert "Blockwise absmax** (from arXiv 2110.02861)" in doc
+    assert "create_normal_map" in doc and "gives no value for it" in doc
+    assert codebook.NF4_OFFSET == pytest.approx(1 - 0.5 * (1 / 30 + 1 / 32), abs=1e-7)

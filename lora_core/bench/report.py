@@ -21,7 +21,9 @@ import torch.nn as nn
 
 from ..config import LoraConfig
 from ..fused import FORWARD_PATHS
+from ..inject import matched_modules
 from ..layers import LoraLinear
+from ..models.sources import build_on_meta
 from ..settings_file import REPO_ROOT
 
 MODES = ("eager", "compiled", "cudagraph")
@@ -250,6 +252,15 @@ def reference_highlights() -> dict:
             "hand_compiled_overhead": by_case["hand LoRA c_attn r=8", "compiled"]["vs_frozen"] - 1,
             "all_linear_compiled_ms": by_case["hand LoRA c_attn+c_proj+c_fc r=8", "compiled"]["ms"],
             "full_compiled_ms": by_case["full fine-tuning", "compiled"]["ms"]}
+
+
+def quoted_all_linear_branches() -> dict:
+    """The quoted all-linear case on distilgpt2's shapes: its targets, how many LoRA branches they make, and the
+    thin matmuls those add to the forward (two per branch: A, then B). Counted, not typed: 24 branches, 48 matmuls."""
+    case = next(r["case"] for r in REFERENCE_H100["rows"] if r["variant"] == "ours" and "+" in r["case"])
+    targets = case.split()[2].split("+")           # "hand LoRA c_attn+c_proj+c_fc r=8" -> c_attn, c_proj, c_fc
+    branches = len(matched_modules(build_on_meta("distilgpt2"), LoraConfig(target_modules=targets)))
+    return {"case": case, "targets": targets, "branches": branches, "forward_matmuls": 2 * branches}
 
 
 def modes_in(result: dict) -> list[str]:

@@ -1,21 +1,28 @@
 """NF4 and double quantization from scratch: QLoRA's 4-bit base, without bitsandbytes.
 
-QLoRA (Dettmers et al. 2023, arXiv 2305.14314) stores the frozen base in 4 bits so that LoRA
-(Hu et al. 2021, arXiv 2106.09685) can fine-tune a 65B model on one GPU. Three ideas:
+QLoRA (Dettmers et al. 2023, arXiv 2305.14314, section 3) stores the frozen base in 4 bits so that
+LoRA (Hu et al. 2021, arXiv 2106.09685) can fine-tune a 65B model on one GPU. Its three ideas are
+NF4, double quantization and paged optimizers; this module builds the first two (paged optimizers
+move optimizer states between GPU and CPU memory and need no code here: see quant/memory.py and
+lesson 08). Both rest on blockwise absmax quantization, which QLoRA takes from the earlier 8-bit
+optimizers work (Dettmers et al. 2021, arXiv 2110.02861):
 
+* **Blockwise absmax** (from arXiv 2110.02861): the weights are cut into blocks of 64; each block
+  is divided by its own largest |w| (one fp32 constant per block), so one outlier only coarsens
+  its own 64 neighbours.
 * **NF4 (4-bit NormalFloat):** 16 levels placed at quantiles of N(0, 1), so that weights drawn
   from a normal distribution land in each level about equally often. The levels come from the
   inverse normal CDF; there is nothing logarithmic about them (seed 002 says otherwise).
-* **Blockwise absmax:** the weights are cut into blocks of 64; each block is divided by its own
-  largest |w| (one fp32 constant per block), so one outlier only coarsens its own 64 neighbours.
 * **Double quantization:** the fp32 block constants are themselves quantized to 8 bits in
   blocks of 256, which brings their cost from 32/64 = 0.5 to 8/64 + 32/(64·256) ≈ 0.127 bits
   per weight.
 
 The construction of the NF4 table follows bitsandbytes' `create_normal_map` (the code
-released with the paper); tests check all 16 values against bitsandbytes' table. Codes are kept
-one per uint8 here for clarity; bitsandbytes packs two 4-bit codes into each byte, and the bit
-counts below assume that packing.
+released with the paper); tests check all 16 values against bitsandbytes' table. Its edge
+probability, offset = 0.9677083 = 1 − ½(1/30 + 1/32), is that function's default argument: the
+paper describes quantiles of N(0, 1) but gives no value for it. Codes are kept one per uint8 here
+for clarity; bitsandbytes packs two 4-bit codes into each byte, and the bit counts below assume
+that packing.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch
 
 from ..config import reject
 
-NF4_OFFSET = 0.9677083  # the largest quantile used; bitsandbytes' create_normal_map default
+NF4_OFFSET = 0.9677083  # the edge probability: bitsandbytes' create_normal_map default, not a value from the paper
 FP32_BITS = 32
 
 

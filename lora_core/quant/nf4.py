@@ -1,7 +1,8 @@
 """QLoRA from scratch: the frozen base stored in NF4, dequantized on the fly, LoRA trained on top.
 
 QLoRA (Dettmers et al. 2023, arXiv 2305.14314) keeps every frozen Linear weight as 4-bit NF4 codes
-plus one fp32 absmax per block of 64, and trains ordinary LoRA factors (in fp32 here) beside it:
+plus one fp32 absmax per block of 64 (blockwise quantization, from the 8-bit optimizers work,
+arXiv 2110.02861), and trains ordinary LoRA factors (in fp32 here) beside it:
 
     h = dequant(W_nf4) x + B A x · scaling
 

@@ -8,7 +8,8 @@ Each function measures one fact a page or lesson shows, on a real (or meta-devic
   * `init_gallery`: each `init_lora_weights` mode on a real weight at step 0, PiSSA's residual;
   * `compare_notations`, `added_not_selected`: ΔW = B·A·(α/r) beside other notations, and that
     LoRA adds parameters instead of choosing a subset of the old ones;
-  * `bias_mode_ledgers`, `rank_sweep`, `explain_claimed_count`: ledgers for teaching charts.
+  * `bias_mode_ledgers`, `rank_sweep`, `explain_claimed_count`: ledgers for teaching charts;
+  * `attention_heads`: query against key/value heads in the shipped configs (which use grouped-query attention).
 
 References: LoRA (arXiv 2106.09685), PiSSA (arXiv 2404.02948), PEFT's peft/tuners/lora/layer.py.
 """
@@ -28,7 +29,7 @@ from ..config import BIAS_MODES, LoraConfig
 from ..counting import Ledger, LedgerRow, count_lora_parameters
 from ..inject import DEFAULT_TARGETS, inject_lora, matched_modules, output_layer_name
 from ..layers import SUPPORTED_TYPES, in_out_features, make_lora_layer
-from ..models.sources import build_on_meta
+from ..models.sources import build_on_meta, load_config
 from .seeded import GeneratorDropout, generator, linear
 
 # Seed 001's recipe for "all linear layers": names printed as `(name): Linear(...)`.
@@ -166,6 +167,30 @@ def trace_dropout(in_features: int = 64, out_features: int = 64, r: int = 4, p: 
             ("x → frozen W", base_in[:16, :32], base_in), ("dropout(x) → lora_A", branch_in[:16, :32], branch_in),
             ("A (r × in)", A[:, :32], A), ("B (out × r)", B[:16], B))],
     }
+
+
+# --- attention heads -------------------------------------------------------------------------------
+LLAMA_FAMILY = ("Llama-2-7b", "Llama-3-8B", "Mistral-7B", "SmolLM2-135M")   # shipped configs with q/k/v_proj
+
+
+def attention_heads(names: tuple[str, ...] = LLAMA_FAMILY) -> list[dict]:
+    """Query and key/value heads of shipped configs, read from the configs themselves.
+
+    Grouped-query attention (k and v shared by groups of query heads, so k_proj and v_proj are
+    narrower than q_proj) is a choice each model makes, not a trait of the Llama architecture:
+    Llama-2-7b has as many key/value heads as query heads.
+    """
+    rows = []
+    for name in names:
+        cfg = load_config(name)
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        rows.append({"model": name, "query heads": heads, "key/value heads": kv,
+                     "query heads per k/v head": heads // kv, "q_proj out": heads * head_dim,
+                     "k_proj, v_proj out": kv * head_dim,
+                     "grouped-query attention": kv < heads})
+    return rows
 
 
 # --- initialisation --------------------------------------------------------------------------------

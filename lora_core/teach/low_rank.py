@@ -106,8 +106,22 @@ def adapter_spectra(W: torch.Tensor, r: int, lora_alpha: float, seed: int = 0) -
     return {"reports": reports, "rows": rows, "nonzero": nonzero}
 
 
+def what_the_toy_shows(planted_rank: int) -> str:
+    """What recovering a planted target proves, and what it does not (the Rank/SVD page and lesson 04 say this).
+
+    The toy's answer is built into its question, so it cannot stand as evidence for intrinsic rank.
+    """
+    return (f"The toy's target was **planted** with rank {planted_rank}, so recovering it shows only that LoRA can "
+            "find a low-rank update when one exists. It is not evidence that the updates real fine-tuning needs "
+            "have low rank. That is the LoRA paper's *intrinsic rank* hypothesis (arXiv 2106.09685). Aghajanyan et "
+            "al. 2020 (arXiv 2012.13255) measured something else, intrinsic *dimension*: the size of a random "
+            "subspace of all the weights in which fine-tuning still reaches 90% of full fine-tuning's score. "
+            "Evidence for intrinsic rank would be the spectrum of ΔW from a real full fine-tune, and a rank sweep "
+            "on a pretrained model; LoRA Lab has not measured those yet.")
+
+
 def trained_pair(r_small: int = 8, r_large: int = 64, steps: int = 300, top: int = 16) -> dict:
-    """Two adapters trained on the same toy task (a rank-4 target), compared direction by direction.
+    """Two adapters trained on the same toy task (a planted rank-4 target), compared direction by direction.
 
     φ on A is the paper's definition (right singular vectors of A); φ on ΔW looks at the input
     directions the update really uses (A keeps part of its random init, which blurs φ on A).
@@ -125,7 +139,7 @@ def trained_pair(r_small: int = 8, r_large: int = 64, steps: int = 300, top: int
         "phi": phi, "phi_top1": float(phi[0, 0]), "phi_top_true_rank": float(phi[true_rank - 1, true_rank - 1]),
         "phi_delta_top_true_rank": float(phi_delta[true_rank - 1, true_rank - 1]),
         "true_rank": true_rank, "d": small.config.d, "random_phi": true_rank / small.config.d,
-        "extra_directions": r_large - true_rank,
+        "extra_directions": r_large - true_rank, "what_it_shows": what_the_toy_shows(true_rank),
     }
 
 

@@ -122,3 +122,23 @@ def seed_002() -> dict[str, memory.MemoryEstimate]:
     """Seed 002's QLoRA setup as estimated, and with gradient checkpointing."""
     return {"as given": memory.estimate_memory(memory.SEED_002_QLORA),
             "with checkpointing": memory.estimate_memory(replace(memory.SEED_002_QLORA, gradient_checkpointing=True))}
+
+
+# --- paged optimizers -----------------------------------------------------------------------------
+LONG_SEQ_FACTOR = 4   # "a long batch": this many times the setup's sequence length
+
+
+def paged_optimizer_view(cfg: memory.MemoryConfig, long_seq_factor: int = LONG_SEQ_FACTOR) -> dict:
+    """What a paged optimizer (QLoRA §3) may move off the GPU for `cfg`, beside the spike one long batch brings.
+
+    Paged optimizers allocate the optimizer states in NVIDIA unified memory: under memory pressure the driver
+    evicts them to CPU RAM and pages them back for the optimizer step. So the bytes that can leave the GPU are
+    the optimizer states; the pressure comes from activations, which grow with the sequence length.
+    """
+    if long_seq_factor < 2:
+        raise ValueError(f"long_seq_factor={long_seq_factor!r} is not allowed: use an integer ≥ 2")
+    usual = memory.estimate_memory(cfg)
+    long = memory.estimate_memory(replace(cfg, seq_len=cfg.seq_len * long_seq_factor))
+    return {"optimizer": usual.optimizer, "total": usual.total, "long_seq_len": long.config.seq_len,
+            "long_total": long.total, "spike": long.activations - usual.activations,
+            "optimizer_share": usual.optimizer / usual.total}
