@@ -61,6 +61,8 @@ PAGES = (
               "**Load an adapter**: upload a PEFT adapter, see what it holds and what it changes"),
     PageEntry("pages/qlora.py", "QLoRA and memory", ":material/memory:",
               "**QLoRA and memory**: NF4 from scratch and what a training step costs"),
+    PageEntry("pages/memory.py", "Memory: estimated and measured", ":material/straighten:",
+              "**Memory**: one real training step's bytes, counted, beside the estimator's formula"),
     PageEntry("pages/speed.py", "Speed: LoRA against its floor", ":material/speed:",
               "**Speed**: a LoRA training step against the frozen base's own, measured"),
     PageEntry("pages/interview.py", "Interview prep", ":material/quiz:",

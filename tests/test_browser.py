@@ -8,9 +8,22 @@ from browser_util import SHOTS, needs_chromium, streamlit_server
 from browser_util import settle as _settle
 
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
-         "scaling": "Scaling", "qlora": "QLoRA", "speed": "Speed"}
+         "scaling": "Scaling", "qlora": "QLoRA", "memory": "Memory", "speed": "Speed"}
 # Pages that may draw no chart until asked.
 TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
+
+# Live fine-tuning is driven end to end by test_training_in_the_browser_survives_a_page_switch and test_room*.py.
+TRAINED = {"finetune"}
+
+
+def test_the_walk_covers_the_page_registry():
+    """A page added to pages/common.PAGES must be added here too, or the browser never opens it."""
+    from pages.common import PAGES as REGISTRY
+    registered = {p.path.removeprefix("pages/").removesuffix(".py") for p in REGISTRY}
+    walked = {path or "home" for path in PAGES} | set(TEXT_ONLY) | TRAINED
+    assert registered == walked, (f"not walked: {sorted(registered - walked)}; "
+                                  f"not registered: {sorted(walked - registered)}")
+
 
 pytestmark = needs_chromium
 
