@@ -1,6 +1,7 @@
 # LoRA Lab: two commands on a fresh machine.
 #   make app    set up (venv + installs) and open the app, offline by default
 #   make test   set up and run every test
+#   make lessons  re-execute every lesson in place, with its outputs (LESSONS="lessons/02_*.ipynb": some)
 # A room: `make app ADDRESS=0.0.0.0` serves other machines too.
 # Online with the Hugging Face hub? `make app HF_HUB_OFFLINE=0` lets distilgpt2 download once.
 
@@ -13,7 +14,7 @@ ADDRESS ?= 127.0.0.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: app test setup setup-dev lint clean
+.PHONY: app test setup setup-dev lint lessons clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,10 @@ test: setup-dev
 	$(PY) -m ruff check lora_core tests app.py pages lessons
 	$(PY) -m pytest
 	LORA_FAST=1 $(PY) -m pytest --nbmake lessons -q --nbmake-timeout=600 --durations=0
+
+# Full runs (LORA_FAST unset), in place; kaleido draws each figure's PNG with the chromium installed above.
+lessons: setup-dev
+	$(PY) lessons/execute.py $(LESSONS)
 
 lint: setup-dev
 	$(PY) -m ruff check lora_core tests app.py pages lessons

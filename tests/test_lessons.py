@@ -1,9 +1,11 @@
-"""The lessons are committed the way the README says: paired, in sync, without outputs, indexed.
+"""The lessons are committed the way the README says: paired, in sync, executed with their outputs, indexed.
 
 Each lesson is `lessons/NN_name.ipynb` paired by jupytext with a py:percent `lessons/NN_name.py`
-(the reviewed source; see jupytext.toml). Executing them is not done here: `make test` runs
+(the reviewed source; see jupytext.toml). The notebook is committed executed (`make lessons`, i.e.
+lessons/execute.py): every code cell run in order without error, under 1 MB, each plotly figure with a
+PNG beside it so that it shows on GitHub. Executing them is not done here: `make test` runs
 `pytest --nbmake lessons` as its own step, with LORA_FAST=1, so that a lesson's failure shows up
-under the lesson's own name.
+under the lesson's own name (nbmake runs a copy: the committed outputs are not rewritten).
 
 Lessons `import lora_core` as an installed package (`pip install -e .`, done by `make setup`; pinned in
 test_packaging.py) and start with one shared setup call, `FAST = setup(...)` from lora_core/teach/lesson.py,
@@ -11,9 +13,13 @@ tested here too.
 """
 
 import ast
+import base64
+import importlib.util
+import io
 import json
 import os
 import re
+import warnings
 from importlib.metadata import version
 from itertools import zip_longest
 from pathlib import Path
@@ -27,12 +33,27 @@ import torch
 import transformers
 
 import lora_core as lc
-from lora_core.teach import lesson
+from lora_core.teach import figure_images, lesson
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = ROOT / "lessons"
 NOTEBOOKS = sorted(LESSONS.glob("[0-9][0-9]_*.ipynb"))
 SCRIPTS = sorted(LESSONS.glob("[0-9][0-9]_*.py"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# lessons/execute.py is a script (what `make lessons` runs), not a package: load it by path.
+_spec = importlib.util.spec_from_file_location("execute_lessons", LESSONS / "execute.py")
+execute = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(execute)
+
+
+@pytest.fixture(autouse=True)
+def renderer(monkeypatch):
+    """plotly's renderers; setup() sets the default one, restored after each test for the tests that follow."""
+    import plotly.io as pio
+
+    monkeypatch.setattr(pio.renderers, "default", pio.renderers.default)
+    return pio.renderers
 
 
 def cells(notebook) -> list[tuple[str, str]]:
@@ -69,13 +90,41 @@ def test_notebook_and_script_have_the_same_cells(notebook: Path):
                     f"{len(from_py)} cells): run `jupytext --sync lessons/{script.name}`")
 
 
+def code_cells(notebook: Path) -> list[dict]:
+    return [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_is_committed_without_outputs(notebook: Path):
-    raw = json.loads(notebook.read_text())
-    dirty = [i for i, c in enumerate(raw["cells"]) if c["cell_type"] == "code"
-             and (c.get("outputs") or c.get("execution_count") is not None)]
-    assert not dirty, (f"{notebook.name} has outputs or execution counts in cells {dirty}: "
-                       f"clear them with `jupyter nbconvert --clear-output --inplace lessons/{notebook.name}`")
+def test_notebook_is_committed_executed_top_to_bottom(notebook: Path):
+    # A learner reads the committed outputs on GitHub: they must come from one clean run, in order.
+    counts = [c.get("execution_count") for c in code_cells(notebook)]
+    assert counts == list(range(1, len(counts) + 1)), \
+        (f"{notebook.name} is not executed top to bottom in one kernel (execution counts {counts}): "
+         f"run `make lessons LESSONS=lessons/{notebook.name}`")
+    errors = [i for i, c in enumerate(code_cells(notebook))
+              if any(out["output_type"] == "error" for out in c.get("outputs", []))]
+    assert not errors, f"{notebook.name}: code cells {errors} end in an error"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_small(notebook: Path):
+    size = notebook.stat().st_size
+    assert size < execute.MAX_BYTES, (f"{notebook.name} is {size / 1e6:.2f} MB, over {execute.MAX_BYTES / 1e6:.0f} MB: "
+                                      "shrink what a cell prints or draws (a figure's data, an image's size)")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_plotly_figure_carries_a_png(notebook: Path):
+    # The interactive figure (plotly's JSON mimetype) shows where JavaScript runs; the PNG where it does
+    # not (GitHub). figure_images.py draws it; `make lessons` must run where kaleido finds a Chromium.
+    bundles = [out.get("data", {}) for c in code_cells(notebook) for out in c.get("outputs", [])]
+    plots = [data for data in bundles if execute.PLOTLY in data]
+    missing = [i for i, data in enumerate(plots)
+               if not base64.b64decode(data.get("image/png", "")).startswith(PNG_SIGNATURE)]
+    assert not missing, (f"{notebook.name}: figures {missing} of {len(plots)} have no PNG: re-execute with kaleido "
+                         f"and a Chromium installed ({figure_images.why_no_images() or 'both are here'})")
+    assert not any("text/html" in data and "plotly" in "".join(data["text/html"]) for data in bundles), \
+        f"{notebook.name}: a figure is embedded as HTML (a 4 MB plotly.js bundle): use the lessons' setup()"
 
 
 def calls_the_shared_setup(source: str) -> bool:
@@ -160,3 +209,122 @@ def test_setup_keeps_a_HF_HUB_OFFLINE_the_learner_set(monkeypatch, capsys):
     assert os.environ["HF_HUB_OFFLINE"] == "0"
     assert not huggingface_hub.constants.is_offline_mode()
     assert "HF_HUB_OFFLINE=0" in capsys.readouterr().out
+
+
+def test_setup_silences_only_the_peft_transformers_deprecation(capsys):
+    from conftest import tiny_gpt2
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lesson.setup()
+        peft.get_peft_model(tiny_gpt2(), peft.LoraConfig(r=2, target_modules=["c_attn"]))  # reads the alias
+        warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+    shown = [str(w.message) for w in caught]
+    assert not any("is_gradient_checkpointing" in m for m in shown), shown
+    assert "another deprecation" in shown, "other warnings still reach the learner"
+
+
+# ---------------------------------------------------------------- figures: interactive and a PNG ---
+
+PLOTLY_JSON = "application/vnd.plotly.v1+json"
+
+
+def shown(fig) -> dict:
+    """The output Jupyter records for `fig.show()` or a figure at the end of a cell (IPython's protocol)."""
+    return fig._repr_mimebundle_()
+
+
+
+
+@pytest.mark.skipif(figure_images.why_no_images() is not None,
+                    reason=f"no PNG export here: {figure_images.why_no_images()}")
+def test_setup_makes_figures_interactive_and_png(renderer, capsys):
+    import plotly.graph_objects as go
+    from PIL import Image
+
+    lesson.setup()
+    assert "figures: interactive + PNG (kaleido" in capsys.readouterr().out
+    assert renderer.default == "plotly_mimetype+lora_png"
+    bundle = shown(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]]), layout=dict(height=400)))
+    assert PLOTLY_JSON in bundle, "the interactive figure must stay"
+    png = base64.b64decode(bundle["image/png"])
+    assert Image.open(io.BytesIO(png)).size == (700, 400), "plotly's default width, the figure's own height"
+    wide = shown(go.Figure(layout=dict(width=3000, height=2000)))
+    assert Image.open(io.BytesIO(base64.b64decode(wide["image/png"]))).size == \
+        (figure_images.MAX_WIDTH, figure_images.MAX_HEIGHT), "a PNG is capped, so a notebook stays small"
+
+
+def test_without_a_browser_figures_stay_interactive(renderer, monkeypatch, capsys):
+    import plotly.graph_objects as go
+
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
+    lesson.setup()
+    assert "figures: interactive only, no PNG (BROWSER_PATH='/nonexistent/chromium'" in capsys.readouterr().out
+    bundle = shown(go.Figure(go.Scatter(y=[1, 3, 2])))
+    assert PLOTLY_JSON in bundle and "image/png" not in bundle
+
+
+def test_without_kaleido_figures_stay_interactive(renderer, monkeypatch):
+    def missing(name: str) -> str:
+        raise figure_images.PackageNotFoundError(name)
+
+    monkeypatch.setattr(figure_images, "version", missing)
+    assert figure_images.use_static_images() == \
+        "figures: interactive only, no PNG (kaleido is not installed (pip install -r requirements-dev.txt))"
+    assert renderer.default == "plotly_mimetype"
+
+
+def test_a_browser_that_fails_warns_once_and_leaves_the_figure_interactive(monkeypatch):
+    import plotly.graph_objects as go
+
+    def broken(self):
+        raise RuntimeError("the browser exited")
+
+    monkeypatch.setattr(figure_images.Browser, "__init__", broken)
+    exporter = figure_images.PngExporter()
+    renderer = figure_images.StaticImageRenderer(exporter)
+    with pytest.warns(UserWarning, match="figures stay interactive only, the PNG export failed: RuntimeError"):
+        assert renderer.to_mimebundle(go.Figure().to_dict()) == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # after one failure it stops trying, quietly
+        assert renderer.to_mimebundle(go.Figure().to_dict()) == {}
+
+
+def test_a_picture_figure_is_stored_compactly():
+    # Lesson 04's image_pair: 128×128 pixels twice. As JSON numbers it was 620 kB of the notebook; as
+    # float32 base64 it is 4 B a pixel (plus a third for base64).
+    from lora_core import viz
+
+    picture = torch.rand(128, 128)
+    data = viz.image_pair(picture, picture, 8).to_plotly_json()["data"]
+    stored = len(json.dumps(shown_json(data)))
+    assert stored < 2 * 128 * 128 * 4 * 1.4, f"{stored} characters for two 128×128 pictures"
+
+
+def shown_json(data) -> list:
+    """What plotly's JSON mimetype writes for a figure's traces (numpy arrays become base64 typed arrays)."""
+    import plotly.io as pio
+
+    return json.loads(pio.to_json({"data": data}))["data"]
+
+
+def test_compact_png_is_smaller_and_looks_the_same():
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    chart = Image.new("RGBA", (300, 200), "white")
+    draw = ImageDraw.Draw(chart)
+    for i, colour in enumerate(["#1f77b4", "#ff7f0e", "#2ca02c"]):  # anti-aliased-ish lines over a gradient
+        draw.line([(0, 20 + 60 * i), (300, 180 - 50 * i)], fill=colour, width=3)
+    chart.paste(Image.linear_gradient("L").resize((100, 50)).convert("RGBA"), (10, 140))
+    png = io.BytesIO()
+    chart.save(png, "PNG")
+    small = figure_images.compact_png(png.getvalue())
+    assert len(small) < len(png.getvalue())
+    back = np.asarray(Image.open(io.BytesIO(small)).convert("RGB"), dtype=float)
+    assert back.shape == (200, 300, 3) and np.abs(back - np.asarray(chart.convert("RGB"), dtype=float)).mean() < 2
+
+    see_through = io.BytesIO()
+    Image.new("RGBA", (30, 20), (0, 0, 0, 0)).save(see_through, "PNG")
+    assert figure_images.compact_png(see_through.getvalue()) == see_through.getvalue(), \
+        "transparent pixels are kept, not painted black"

@@ -40,8 +40,11 @@ def image_pair(original: torch.Tensor, approx: torch.Tensor, k: int) -> go.Figur
     """An image and its rank-k approximation, side by side, in grey."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("original", f"rank {k}"), horizontal_spacing=0.03)
     for col, img in ((1, original), (2, approx.clamp(0, 1))):
-        fig.add_trace(go.Heatmap(z=img.flip(0).tolist(), colorscale="gray", zmin=0, zmax=1, showscale=False,
-                                 hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra></extra>"), row=1, col=col)
+        # float32 numpy, not .tolist(): plotly stores it as one base64 string (4 B a pixel), not a JSON number
+        # per pixel (~20 B), which kept lesson 04's notebook over 1 MB.
+        fig.add_trace(go.Heatmap(z=img.detach().flip(0).float().cpu().numpy(), colorscale="gray", zmin=0, zmax=1,
+                                 showscale=False, hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra></extra>"),
+                      row=1, col=col)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, scaleanchor="x")
     return layout(fig, f"Keeping {k} singular values of the picture")
