@@ -24,14 +24,16 @@
 #
 # Any matrix is a sum of rank-one pieces, sorted by size. This lesson keeps the top pieces of a
 # picture and of a real SmolLM2 weight, reads $\Delta W$'s spectrum straight from the factors, and
-# asks with the LoRA paper's §7 whether adapters of rank 8 and 64 learn the same directions.
+# asks with the LoRA paper's §7 whether adapters of rank 8 and 64 learn the same directions (on a toy
+# whose low-rank target we plant).
 
 # %%
 import torch
+from IPython.display import Markdown, display
 
 import lora_core as lc
 from lora_core import viz
-from lora_core.teach import toy
+from lora_core.teach import low_rank, toy
 from lora_core.teach.lesson import setup
 
 # Every lesson starts here: print the versions and the device, stay offline (HF_HUB_OFFLINE=1 unless
@@ -108,8 +110,12 @@ assert abs(effective_rank_by_hand(torch.ones(5)) - 5) < 1e-12
 # Now a real matrix: SmolLM2-135M-Instruct (pretrained, loaded offline from a local cache). Its
 # `mlp.up_proj` (576 → 1536) spreads its energy over hundreds of directions: the top 8 keep only a
 # few percent. LoRA does not approximate $W$ with a low-rank matrix, it leaves $W$ whole. Its bet is
-# that the *change* $\Delta W$ a new task needs is low rank (Aghajanyan et al. 2020 measured small
-# intrinsic dimensions for fine-tuning; section 4 below sees it on a toy task).
+# that the *change* $\Delta W$ a new task needs is low rank: the LoRA paper's **intrinsic rank**
+# hypothesis. It was inspired by a different measurement: Aghajanyan et al. 2020
+# ([arXiv 2012.13255](https://arxiv.org/abs/2012.13255)) found small intrinsic *dimensions* (a random
+# subspace of all the weights in which fine-tuning still reaches 90% of full fine-tuning's score), not
+# low-rank updates. Section 4 below uses a toy whose target we plant with rank 4, so it can show how LoRA
+# recovers a low-rank update, not that real updates have one.
 
 # %%
 model, _ = lc.load_model("smollm2-135m", device="cpu")
@@ -179,7 +185,7 @@ assert lc.spectrum.numerical_rank(full) == r                 # exactly r values 
 viz.spectra({"W = up_proj": up, f"ΔW, r = {r} (random factors)": by_hand}, "W beside ΔW").show()
 
 # %% [markdown]
-# ## 4. Do r = 8 and r = 64 learn the same directions?
+# ## 4. A planted rank-4 target: do r = 8 and r = 64 learn the same directions?
 #
 # Section 7 of the LoRA paper trains adapters of rank 8 and 64 and compares the subspaces they use.
 # With $U_i$ the top-$i$ right singular vectors of one adapter's $A$ and $U_j$ those of the other's,
@@ -190,7 +196,8 @@ viz.spectra({"W = up_proj": up, f"ΔW, r = {r} (random factors)": by_hand}, "W b
 # of $\mathbb{R}^{128}$ give about $i/128$.
 #
 # We train both ranks with Adam on the toy problem of `toy.train_toy`: a frozen 128 × 128 layer must
-# learn a hidden update $\Delta W^\*$ of rank 4 with singular values 1, ½, ¼, ⅛. (α = 2r for both.)
+# learn a hidden update $\Delta W^\*$ that we **plant** with rank 4 and singular values 1, ½, ¼, ⅛.
+# (α = 2r for both.) Section 7 of the paper did this on GPT-3's real adapters; here the low rank is ours.
 
 # %%
 steps = 150 if FAST else 300
@@ -227,6 +234,14 @@ assert float(phi[0, 0]) > 0.8 and float(phi_delta[0, 0]) > 0.99 and float(phi_de
 torch.testing.assert_close(sv["r=64 trained"][:3], target_sv[:3], rtol=0.05, atol=0.01)
 viz.spectra({"target ΔW*": target_sv[:16], **{k_: v[:16] for k_, v in sv.items()}},
             "Spectra after training (top 16)").show()
+
+# %% [markdown]
+# What this does and does not show, in the words the Rank/SVD page uses too:
+
+# %%
+planted = lc.spectrum.numerical_rank(target_sv)
+display(Markdown(low_rank.what_the_toy_shows(planted)))
+assert planted == runs[8].config.true_rank == 4 and "planted" in low_rank.what_the_toy_shows(planted)
 
 # %% [markdown]
 # ## Check yourself

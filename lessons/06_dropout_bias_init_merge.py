@@ -22,9 +22,9 @@
 # | knob | what people say | what we will measure |
 # |---|---|---|
 # | `lora_dropout` | "zeroes 10% of A and B" | which tensor gets the zeros |
-# | `init_lora_weights` | "A Gaussian, B zero" | four inits at step 0, PiSSA's split $W = W_\text{res} + \Delta W$ |
+# | `init_lora_weights` | "A Gaussian, B zero" | paper vs code; four of PEFT's inits at step 0; PiSSA's $W_\text{res}$ |
 # | merging | "free at inference" | max \|Δlogit\| merged vs unmerged, with a **non-zero** B |
-# | `disable_lora` | – | the base model back, adapter kept |
+# | `disable_lora` | – | the base model back, adapter kept; merged or not afterwards, in lora_core and in PEFT |
 # | `bias` | – | how many extra parameters each mode trains |
 #
 # Each section does it by hand first, then shows that `lora_core` (and PEFT where it helps) agrees.
@@ -32,7 +32,9 @@
 # %%
 import copy
 import dataclasses
+import inspect
 import time
+import typing
 import warnings
 
 import pandas as pd
@@ -171,7 +173,43 @@ assert torch.equal(seen["frozen_in"], x) and abs(zero_share(seen["branch_in"]) -
 # or B would be a different regulariser (DropConnect), and neither PEFT nor the LoRA paper does it.
 # (Seed 003 describes this correctly; seed 000 says the zeros land in A and B. They don't.)
 #
-# ## 2. Four ways to start: `init_lora_weights`
+# ## 2. How to start: `init_lora_weights`
+#
+# **"A Gaussian, B zero"** is what the LoRA paper's text says (section 4.1: "a random Gaussian
+# initialization for A and zero for B"). Its reference code does something else: loralib's
+# `reset_parameters` draws A with `nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5))`, nn.Linear's own
+# default, a *uniform* distribution on $\pm 1/\sqrt{\text{in}}$. PEFT's default (`True`) follows that code,
+# and so does `lora_core`. Both halves of the claim are checked live: B is zero, and A is bounded by
+# $1/\sqrt{\text{in}}$ with the spread of a uniform (std = bound/√3), not a Gaussian.
+
+# %%
+IN = 256
+torch.manual_seed(0)
+ours_A = lc.LoraLinear(nn.Linear(IN, 64), lc.LoraConfig(r=16)).lora_A.weight.detach()
+peft_A = peft.get_peft_model(OneLayer(nn.Linear(IN, 64)), peft.LoraConfig(r=16, target_modules=["proj"])
+                             ).base_model.model.proj.lora_A["default"].weight.detach()
+bound = 1 / IN ** 0.5                                   # kaiming_uniform_(a=√5): gain √(2/6), bound gain·√(3/in)
+for label, A0 in (("lora_core", ours_A), ("PEFT", peft_A)):
+    print(f"{label:9s} A: max |a| = {A0.abs().max().item():.4f} (bound 1/√{IN} = {bound:.4f}), "
+          f"std {A0.std().item():.4f} (uniform: bound/√3 = {bound / 3 ** 0.5:.4f})")
+    assert A0.abs().max() <= bound and abs(A0.std().item() - bound / 3 ** 0.5) < 0.05 * bound
+print("PEFT's init for True, read from its source:")
+print("    " + next(line.strip() for line in inspect.getsource(peft.tuners.lora.layer.LoraLayer.reset_lora_parameters)
+                    .splitlines() if "kaiming_uniform_" in line))
+
+# %% [markdown]
+# PEFT 0.21 offers more starts than that. Its `LoraConfig` lists every value `init_lora_weights` takes:
+
+# %%
+init_type = typing.get_type_hints(peft.LoraConfig)["init_lora_weights"]
+peft_inits = [True, False, *typing.get_args(typing.get_args(init_type)[1])]
+print(f"{len(peft_inits)} values in PEFT {peft.__version__}:", peft_inits)
+shown = [True, "gaussian", False, "pissa"]
+assert set(shown) < set(peft_inits)
+print("shown below:", shown, "| not shown:", [v for v in peft_inits if v not in shown])
+
+# %% [markdown]
+# Four of PEFT's options, the ones that need nothing but the weight itself:
 #
 # | value | A | B | ΔW at step 0 |
 # |---|---|---|---|
@@ -179,6 +217,12 @@ assert torch.equal(seen["frozen_in"], x) and abs(zero_share(seen["branch_in"]) -
 # | `"gaussian"` | normal, std 1/r | 0 | 0 |
 # | `False` | random | random | **not 0**: the model changes before training (only for tests) |
 # | `"pissa"` | from the SVD of W | from the SVD of W | not 0, **but W is replaced by a residual** |
+#
+# The others: `"pissa_niter_K"` (PiSSA with a fast randomized SVD), `"olora"` (QR of W), `"orthogonal"`
+# (orthogonal A and B, W untouched), `"mica"` (B from W's *smallest* singular directions), and the
+# data-driven `"eva"` and `"corda"` (from activations of your data) and `"loftq"` (quantizes the base and
+# starts the adapter on the quantization error),
+# which need a data set or quantization config beside the weight.
 #
 # **PiSSA** (Meng et al. 2024, [arXiv 2404.02948](https://arxiv.org/abs/2404.02948)) starts the adapter
 # on W's most important directions instead of zero. Write $W = U \Sigma V^\top$ and keep the top r
@@ -346,7 +390,9 @@ print(f"forward, unmerged {1e3 * t_unmerged:.1f} ms, merged {1e3 * t_merged:.1f}
 #
 # To compare "with adapter" and "without" you don't need two models. Inside `lc.disable_lora(model)` every
 # LoRA layer returns `base_layer(x)` alone, and merged layers are unmerged for the duration. PEFT's
-# `with model.disable_adapter():` does the same.
+# `with model.disable_adapter():` gives the same outputs inside the block, but the two libraries
+# **differ on a merged model**: lora_core merges the layers again on the way out, PEFT unmerges a merged
+# layer at its first forward inside the block and leaves it unmerged afterwards. Both are checked below.
 
 # %%
 with lc.disable_lora(model):
@@ -359,6 +405,19 @@ with lc.disable_lora(model):
 print("disabled while merged vs base, max |Δ| =", (disabled_merged - base_logits).abs().max().item())
 assert torch.allclose(disabled, base_logits, atol=1e-6) and torch.allclose(disabled_merged, base_logits, atol=1e-6)
 assert all(layer.merged for _, layer in lc.lora_layers(model))  # re-merged on exit
+
+# PEFT, on the one-layer model from section 1: merge, disable for one forward, look at the flag.
+torch.manual_seed(0)
+peft_one = peft.get_peft_model(OneLayer(nn.Linear(32, 32)), peft.LoraConfig(r=4, target_modules=["proj"],
+                                                                             init_lora_weights=False))
+peft_one.merge_adapter()
+before = peft_one.base_model.model.proj.merged
+with peft_one.disable_adapter():
+    peft_one(x)
+after = peft_one.base_model.model.proj.merged
+print(f"PEFT: merged before the block {before}, after it {after} | lora_core: merged after it "
+      f"{all(layer.merged for _, layer in lc.lora_layers(model))}")
+assert before and not after   # PEFT leaves the layer unmerged; the outputs are the same, the speed is not
 
 # %% [markdown]
 # `merge_and_unload` is the final step: merge, then throw the LoRA modules away. What is left is a plain

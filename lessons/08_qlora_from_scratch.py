@@ -19,15 +19,18 @@
 # LoRA makes the *trainable* part tiny. The frozen base still has to sit in GPU memory, though. Llama-2-7b
 # in fp16 is 13.5 GB of weights before a single activation is stored. **QLoRA** (Dettmers et al. 2023,
 # [arXiv 2305.14314](https://arxiv.org/abs/2305.14314)) stores the frozen base in **4 bits** and trains
-# ordinary LoRA adapters on top. It rests on three ideas, and we build each one by hand:
+# ordinary LoRA adapters on top. The paper (section 3) names three ideas:
 #
 # 1. **NF4**, a 4-bit code whose 16 values are quantiles of a normal distribution;
-# 2. **blockwise absmax** scaling, one scale per 64 weights;
-# 3. **double quantization**, which quantizes those scales too.
+# 2. **double quantization**, which quantizes the per-block scales too;
+# 3. **paged optimizers**, which let the optimizer states spill to CPU RAM during memory spikes.
 #
-# Then we measure NF4's error on real weights against two other 4-bit grids, and add up the memory of
-# seed 002's Llama-2-7b QLoRA setup. Along the way we check three claims from seed 002 (CLAIMS rows 15,
-# 16 and 18).
+# The first two stand on **blockwise absmax** scaling (one scale per 64 weights), which QLoRA takes from
+# the earlier 8-bit optimizers work (Dettmers et al. 2021, [arXiv 2110.02861](https://arxiv.org/abs/2110.02861)).
+# We build NF4, blockwise absmax and double quantization by hand, measure NF4's error on real weights
+# against two other 4-bit grids, add up the memory of seed 002's Llama-2-7b QLoRA setup, and end with
+# what paged optimizers move and when that matters. Along the way we check three claims from seed 002
+# (CLAIMS rows 15, 16 and 18).
 
 # %%
 import warnings
@@ -40,6 +43,7 @@ from IPython.display import display
 import lora_core as lc
 from lora_core import viz
 from lora_core.quant import codebook, memory
+from lora_core.teach import qlora_study
 from lora_core.teach.lesson import setup
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -64,9 +68,11 @@ FAST = setup("quantization here runs on the CPU")
 # * an exact **0** as the 16th level, so zero weights (and padding) are stored exactly;
 # * divide by the largest level, so the levels span exactly [−1, 1].
 #
-# The edge probability $1-\delta$ can't be 1, because $\Phi^{-1}(1) = \infty$. The paper takes
-# $\delta = \tfrac12\left(\tfrac1{30} + \tfrac1{32}\right)$, halfway between the outermost quantiles of
-# 15- and 16-level codes.
+# The edge probability $1-\delta$ can't be 1, because $\Phi^{-1}(1) = \infty$. bitsandbytes'
+# `create_normal_map` takes `offset=0.9677083` by default, which is $1-\delta$ with
+# $\delta = \tfrac12\left(\tfrac1{30} + \tfrac1{32}\right)$: halfway between the outermost quantiles of
+# 15- and 16-level codes. That value is the library's default; the QLoRA paper describes the quantiles but
+# does not give it.
 
 # %%
 normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
@@ -113,8 +119,9 @@ viz.codebook_levels(codebook.codebooks(), codebook.normal_density_on_codebook_sc
 # ## 2. Blockwise absmax: one scale per 64 weights
 #
 # The levels live in [−1, 1]; real weights don't. So each weight is divided by a scale first. One scale
-# for a whole matrix would let a single outlier squash everyone else into the few levels around 0. QLoRA
-# cuts the weights into **blocks of 64** and divides each block by its own largest |w| (its *absmax*).
+# for a whole matrix would let a single outlier squash everyone else into the few levels around 0.
+# Blockwise quantization (from the 8-bit optimizers paper, arXiv 2110.02861) cuts the weights into
+# **blocks**; QLoRA uses **blocks of 64** and divides each block by its own largest |w| (its *absmax*).
 # The block's largest weight becomes ±1 and is stored exactly; an outlier only coarsens its own block.
 #
 # Quantize = for each weight, store the index of the nearest level. Dequantize = level × absmax. By hand,
@@ -270,13 +277,45 @@ display(pd.DataFrame({label: {k: v / 2**30 for k, v in e.breakdown().items()} | 
 # %% [markdown]
 # What the bars say:
 #
-# * **Full fine-tuning** needs gradients and two Adam moments for all 6.7 B parameters: far beyond one GPU.
+# * **Full fine-tuning** needs gradients and two Adam moments for all 6.7 B parameters. How many bytes
+#   that is depends on how the optimizer is counted; the next cell computes each accounting.
 # * **LoRA** removes those, because only 33.5 M parameters train. The fp16 base (the "weights" column, over
 #   12 GiB) is now the biggest fixed cost.
 # * **QLoRA** shrinks that base to under 4 GiB. This is where its saving comes from.
 #   Seed 002 says QLoRA saves memory by "training only a few layers" (CLAIMS row 16). It doesn't: see below.
 # * Once the weights are small, the **activations** dominate (batch 4 × 512 tokens). Gradient
 #   checkpointing, not more quantization, is the next lever.
+
+# %% [markdown]
+# **Does full fine-tuning fit on one GPU?** The bars above count full fine-tuning as torch's AdamW runs it
+# (moments in the weight's dtype). Two other accountings are common: fp32 moments (the QLoRA paper's) and
+# mixed precision with fp32 master weights (ZeRO's). Against the memory of two real GPUs, 80 GB and 141 GB
+# (decimal gigabytes, as sold), for seed 002's batch of 4 × 512 tokens:
+
+# %%
+GPUS = {"80 GB GPU": 80e9 / 2**30, "141 GB GPU": 141e9 / 2**30}    # GiB
+full_rows = []
+for precision in memory.OPTIMIZER_PRECISIONS:
+    e = memory.estimate_memory(replace(seed, method="full", optimizer_precision=precision))
+    full_rows.append({"accounting": memory.PRECISION_LABELS[precision], "B / param": e.bytes_per_trainable_param,
+                      "total GiB": e.total / 2**30, **{f"fits a {g} ({v:.1f} GiB)": e.total / 2**30 <= v
+                                                      for g, v in GPUS.items()}})
+full_table = pd.DataFrame(full_rows).set_index("accounting")
+display(full_table.round(1))
+for row in full_rows:
+    verdict = " and ".join(f"{'within' if row[f'fits a {g} ({v:.1f} GiB)'] else 'beyond'} one {g}"
+                           for g, v in GPUS.items())
+    print(f"{row['B / param']:g} B/param: {row['total GiB']:.1f} GiB, {verdict}")
+for gpu, capacity in GPUS.items():
+    fits = [f"{row['B / param']:g}" for row in full_rows if row["total GiB"] <= capacity]
+    print(f"one {gpu} holds full fine-tuning under {len(fits)} of {len(full_rows)} accountings "
+          f"({', '.join(fits) or 'none'} B/param)")
+assert list(full_table["B / param"]) == sorted(full_table["B / param"])       # 8 < 12 < 16
+assert any(row["total GiB"] <= GPUS["141 GB GPU"] for row in full_rows)      # not "far beyond one GPU"
+
+# %% [markdown]
+# So "far beyond one GPU" is wrong for Llama-2-7b at this batch: the numbers above say which card each
+# accounting needs. LoRA and QLoRA bring it down to a fraction of that.
 
 # %%
 print(f"layers holding a LoRA adapter in seed 002's setup: {est.layers_with_lora} of {est.num_layers}")
@@ -304,6 +343,34 @@ assert memory.estimate_memory(replace(seed, method="lora", weight_dtype="bf16"))
     memory.estimate_memory(replace(seed, method="lora", weight_dtype="fp16")).total
 
 # %% [markdown]
+# ## 6. Paged optimizers: QLoRA's third idea
+#
+# The optimizer states (AdamW's two moments) are allocated in **NVIDIA unified memory**. When the GPU runs
+# short, the driver **evicts those pages to CPU RAM**, and **pages them back** into GPU memory when the
+# optimizer update needs them. Nothing crashes with out-of-memory; the step just waits on the PCIe copies
+# while paging happens. The paper adds them for **memory spikes**: with gradient checkpointing, a mini-batch
+# of long sequences can briefly need much more activation memory than an ordinary one. bitsandbytes provides
+# them; transformers' Trainer calls them `paged_adamw_32bit` and `paged_adamw_8bit`.
+#
+# How much can paging move, and how big is such a spike? For seed 002 with checkpointing, from the estimator
+# (`qlora_study.paged_optimizer_view`, the QLoRA page's section 5):
+
+# %%
+gc_seed = replace(seed, double_quant=True, gradient_checkpointing=True)
+paging = qlora_study.paged_optimizer_view(gc_seed)
+print(f"optimizer states: {paging['optimizer'] / 2**30:.3f} GiB = {est.trainable_params:,} × "
+      f"{paging['optimizer'] / est.trainable_params:g} B (AdamW's two fp32 moments on fp32 factors), "
+      f"{paging['optimizer_share']:.1%} of {paging['total'] / 2**30:.2f} GiB")
+print(f"the same step at {paging['long_seq_len']:,} tokens: {paging['long_total'] / 2**30:.2f} GiB, "
+      f"a spike of {paging['spike'] / 2**30:.2f} GiB of activations")
+assert paging["optimizer"] == memory.estimate_memory(gc_seed).optimizer == est.trainable_params * 8
+
+# %% [markdown]
+# Paging can free at most the optimizer states. With LoRA they are small (only A and B have moments), so paging
+# helps when a spike is about that size: a rare long batch on a GPU that is nearly full. A bigger spike still
+# needs a shorter sequence, a smaller batch or a bigger GPU. The paper itself notes that paging only
+# happens on the rare mini-batches with long sequences, so it gives no memory figure for them.
+#
 # ## Check yourself
 #
 # 1. How many bits per weight does NF4 storage cost at block size 64, with and without double quantization?

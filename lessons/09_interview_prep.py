@@ -36,8 +36,9 @@ import torch.nn as nn
 from IPython.display import display
 
 import lora_core as lc
+from lora_core.bench import report as bench_report
 from lora_core.quant import codebook, memory
-from lora_core.teach import anatomy, peft_reference, toy
+from lora_core.teach import anatomy, evidence, peft_reference, toy
 from lora_core.teach.lesson import setup
 
 warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
@@ -82,6 +83,10 @@ print(f"{smol.trainable:,} parameters × 4 B = {smol.trainable * 4 / 2**20:.2f} 
 # zero, though. The gradient of A is multiplied by B, and the gradient of B is multiplied by A. With
 # B = 0, A gets no gradient at the first step and B does, so B moves first and A follows. Zero both,
 # and both gradients stay zero forever.
+#
+# Follow-up: *how is A drawn?* The paper's text says "random Gaussian". Its reference code (loralib's
+# `reset_parameters`) uses `kaiming_uniform_(A, a=math.sqrt(5))`, a uniform on ±1/√in, and PEFT's default
+# follows that code; PEFT's `init_lora_weights="gaussian"` is the paper's wording. Lesson 6 checks it.
 
 
 # %%
@@ -94,6 +99,9 @@ def first_gradients(zero_a: bool) -> tuple[float, float]:
     return layer.lora_A.weight.grad.norm().item(), layer.lora_B.weight.grad.norm().item()
 
 
+A0 = lc.LoraLinear(nn.Linear(16, 16), lc.LoraConfig(r=4)).lora_A.weight.detach()
+print(f"A at init: max |a| = {A0.abs().max().item():.3f} ≤ 1/√16 = {1 / 16 ** 0.5:.3f} (Kaiming-uniform, a = √5)")
+assert A0.abs().max() <= 1 / 16 ** 0.5
 for zero_a in (False, True):
     grad_a, grad_b = first_gradients(zero_a)
     print(f"A {'zero  ' if zero_a else 'random'}, B zero: ‖∂L/∂A‖ = {grad_a:.4f}, ‖∂L/∂B‖ = {grad_b:.4f}")
@@ -104,8 +112,10 @@ assert first_gradients(False)[0] == 0 < first_gradients(False)[1] and first_grad
 #
 # It sets the scale of the update: ΔW = (α/r)·B·A. It adds no parameters. Under Adam, a bigger α
 # behaves much like a bigger learning rate, because Adam's step size doesn't depend on the gradient's
-# scale. The exact statement: (2α, lr/√2, A₀/√2) retraces (α, lr, A₀) step for step. So fix α (often r or 2r)
-# and tune the learning rate. Evidence on the toy problem from lesson 5:
+# scale. The exact statement: (2α, lr/√2, A₀/√2) retraces (α, lr, A₀) step for step. So fix α and tune the
+# learning rate. Which α? The paper's text sets α to the first r it tries and does not tune it; that is not
+# α = r. The authors' own scripts (microsoft/LoRA `examples/`) use α = 2r for RoBERTa and DeBERTa (r = 8,
+# α = 16; r = 16, α = 32) and α = 32 with r = 4 for GPT-2 on E2E. Evidence on the toy problem from lesson 5:
 
 # %%
 toy_cfg = toy.ToyConfig(lora_alpha=16, lr=1e-3, steps=60)
@@ -245,10 +255,15 @@ print("round-trip RMSE on a normal weight, blocks of 64:", {k: f"{v:.2e}" for k,
 assert (nf4 > 0).sum() == 8 and (nf4 < 0).sum() == 7 and min(errors, key=errors.get) == "NF4"
 
 # %% [markdown]
-# ### Q11 · What does double quantization save?
+# ### Q11 · What are QLoRA's three ideas, and what does double quantization save?
 #
-# The fp32 absmax per block of 64 costs 32/64 = 0.5 bits per weight. QLoRA quantizes those constants
-# to 8 bits (blocks of 256, one fp32 scale each): 8/64 + 32/(64·256) ≈ 0.127 bits. For Llama-2-7b:
+# The paper's three (section 3): **NF4**, **double quantization** and **paged optimizers** (optimizer states
+# in NVIDIA unified memory, evicted to CPU RAM when a long batch spikes memory and paged back for the update).
+# Blockwise absmax quantization is older: it comes from the 8-bit optimizers paper (arXiv 2110.02861).
+#
+#
+# Double quantization: the fp32 absmax per block of 64 costs 32/64 = 0.5 bits per weight. QLoRA quantizes
+# those constants to 8 bits (blocks of 256, one fp32 scale each): 8/64 + 32/(64·256) ≈ 0.127 bits. For Llama-2-7b:
 
 # %%
 seed = memory.SEED_002_QLORA
@@ -261,16 +276,25 @@ assert abs(codebook.constant_bits_per_param(64, double_quant=True) - 0.127) < 0.
 # %% [markdown]
 # ### Q12 · Full fine-tuning vs LoRA vs QLoRA: where does the memory go?
 #
-# Full fine-tuning stores a gradient and two Adam moments for every weight. LoRA stores them only for
-# A and B, so the frozen 16-bit base becomes the big fixed cost. QLoRA cuts that base to ~4 bits.
-# Activations don't shrink with any of the three; gradient checkpointing is the tool for those.
-# Seed 002's Llama-2-7b setup (batch 4, 512 tokens):
+# Full fine-tuning stores a gradient and two Adam moments for every weight. How many bytes that is depends
+# on the recipe: `torch.optim.AdamW` keeps its moments in the parameter's dtype (pure bf16: 2+2+2+2 = 8 B
+# per parameter), the QLoRA paper counts fp32 moments (12 B), mixed precision with fp32 master weights is
+# 16 B. LoRA stores them only for A and B (fp32: 16 B each), so the frozen 16-bit base becomes the big fixed
+# cost. QLoRA cuts that base to ~4 bits. Activations shrink less: LoRA saves no input for a frozen
+# projection that no A reads, and gradient checkpointing is the tool for the rest.
+# Seed 002's Llama-2-7b setup (batch 4, 512 tokens), full fine-tuning counted as torch's AdamW runs it:
 
 # %%
 methods = memory.compare_methods(seed)
 display(pd.DataFrame({m: {k: v / 2**30 for k, v in e.breakdown().items()} | {"total": e.total / 2**30}
                       for m, e in methods.items()}).T.round(2))
 assert methods["full"].total > methods["lora"].total > methods["qlora"].total
+per_param = {p: memory.estimate_memory(replace(seed, method="full", optimizer_precision=p))
+             for p in memory.OPTIMIZER_PRECISIONS}
+for p, e in per_param.items():
+    print(f"full FT, {memory.PRECISION_LABELS[p]}: total {e.total / 2**30:.1f} GiB")
+assert [e.bytes_per_trainable_param for e in per_param.values()] == [8, 12, 16]
+assert methods["lora"].bytes_per_trainable_param == 16
 
 # %% [markdown]
 # ## Speed
@@ -315,6 +339,14 @@ t_full, t_lora = step_seconds(full_model, REPEATS), step_seconds(lora_model, REP
 print(f"distilgpt2 shapes, batch 4 × 64 tokens, AdamW: full {t_full:.3f} s/step, LoRA (all-linear, r=8) "
       f"{t_lora:.3f} s/step → {t_full / t_lora:.2f}× (best of {REPEATS})")
 
+# The project's shipped CPU benchmark (results/bench/cpu.json), measured, with its setting: each step ÷ the floor.
+shipped = bench_report.shipped_result("cpu")
+if shipped is not None:
+    rows = {r["case"]: r["vs_floor"] for r in bench_report.case_rows(shipped)}
+    print(f"shipped ({shipped['model']}, {shipped['device_name']}, {shipped['dtype']}, batch {shipped['batch']} × "
+          f"seq {shipped['seq']}): " + ", ".join(f"{case} {ratio:.2f}×" for case, ratio in rows.items()))
+    assert rows["full fine-tuning"] > max(v for k, v in rows.items() if k != "full fine-tuning")
+
 # %% [markdown]
 # ## Variants and odds and ends
 #
@@ -354,9 +386,9 @@ assert extra == 2304 and pissa["max_abs_output_change"] < 1e-4
 # %% [markdown]
 # ### Q15 · What does `task_type` do?
 #
-# It picks the wrapper class PEFT returns (`PeftModelForCausalLM` for `"CAUSAL_LM"`, which adds
-# generation helpers and the right `forward` signature). It doesn't change the adapter's math. A wrong
-# or missing task type doesn't "cause poor performance" (CLAIMS row 4):
+# It picks the wrapper class PEFT returns. For a causal LM (`"CAUSAL_LM"` → `PeftModelForCausalLM`) that
+# adds generation helpers and the right `forward` signature, and the adapter's math is the same with or
+# without it:
 
 # %%
 tiny, _ = lc.load_model("distilgpt2-random", device="cpu")
@@ -369,6 +401,28 @@ for task_type in (None, "CAUSAL_LM"):
         outputs[task_type] = (type(wrapped).__name__, wrapped(input_ids=ids).logits)
 print({k: v[0] for k, v in outputs.items()}, "| same logits:", torch.equal(outputs[None][1], outputs["CAUSAL_LM"][1]))
 assert torch.equal(outputs[None][1], outputs["CAUSAL_LM"][1])
+
+# %% [markdown]
+# **For a classification model a missing task_type does quietly hurt** (CLAIMS row 4). `"SEQ_CLS"` (and
+# `"TOKEN_CLS"`) add the head (`classifier` / `score`) to `modules_to_save`: a trainable copy, stored in the
+# adapter file. Without it, the freshly initialised head stays **frozen** and is **not saved**: training runs,
+# the loss may even fall through the adapters, but the classifier is a random projection that never learns.
+# On a tiny GPT2ForSequenceClassification (width 32, 2 blocks, 2 labels), LoRA r = 2 on `c_attn` (32 → 96):
+
+# %%
+head = evidence.classification_head_check(r=2)
+cfg_cls = head["config"]
+lora_by_hand = cfg_cls["n_layer"] * head["r"] * (cfg_cls["n_embd"] + 3 * cfg_cls["n_embd"])  # blocks · r · (in + out)
+head_by_hand = cfg_cls["n_embd"] * cfg_cls["num_labels"]                         # score: (32 → 2), no bias
+display(pd.DataFrame(head["rows"]).set_index("task_type"))
+print(f"by hand: LoRA {lora_by_hand}, score head {head_by_hand} → {lora_by_hand + head_by_hand} with SEQ_CLS")
+assert (head["without"], head["with"]) == (lora_by_hand, lora_by_hand + head_by_hand) == (512, 576)
+no_task, seq_cls = head["rows"]
+assert not no_task["head trainable (lora_core)"] and not no_task["head in adapter file (lora_core)"]
+assert seq_cls["head trainable (lora_core)"] and seq_cls["head in adapter file (lora_core)"]
+if head["available"]:
+    assert (no_task["PEFT trainable"], seq_cls["PEFT trainable"]) == (512, 576)
+    assert not no_task["head in adapter file (PEFT)"] and seq_cls["head in adapter file (PEFT)"]
 
 # %% [markdown]
 # ### Q16 · Does LoRA adapt "only a few layers"?

@@ -55,7 +55,8 @@ c1, c2, c3 = st.columns(3)
 batch = c1.number_input("batch size", 1, 4, 1, key="mem_batch")
 seq = c2.number_input("sequence length", 8, 256, 64, step=8, key="mem_seq")
 gc = c3.toggle("gradient checkpointing", key="mem_gc")
-st.caption(f"AdamW. QLoRA here is lora_core's own NF4Linear: it keeps one fp32 absmax per block of 64 weights "
+st.caption(f"The optimizer is AdamW. QLoRA here is lora_core's own NF4Linear: it keeps one fp32 absmax per block "
+           f"of 64 weights "
            f"({constant_bits_per_param(64, False):.3f} bit per weight) and does not double-quantize, so the estimate "
            f"is asked for the same, `double_quant=False`; with QLoRA's double quantization it would count "
            f"{constant_bits_per_param(64, True):.3f} bit per weight. "

@@ -321,7 +321,8 @@ def classification_head_check(r: int = 2, seed: int = 0) -> dict:
             files[(repr(task_type), "PEFT")] = peft_keys
         rows.append(row)
     return {"rows": rows, "without": ours[None], "with": ours["SEQ_CLS"], "available": peft is not None,
-            "adapter_file_keys": files, "head_params": ours["SEQ_CLS"] - ours[None], "r": r}
+            "adapter_file_keys": files, "head_params": ours["SEQ_CLS"] - ours[None], "r": r,
+            "config": {k: getattr(model.config, k) for k in ("n_embd", "n_layer", "num_labels")}}
 
 
 @functools.lru_cache(maxsize=1)
