@@ -7,9 +7,7 @@
 
 Toy runs use `teach.toy` at SMALL_TOY size (a fraction of a second each) and are cached per config.
 Step times are measured now, on this machine, on the threads torch already has (reported, never set).
-Initial weights come from local generators (`seeded.py`), never from torch's global RNG. The one
-number not computed here is `REPORTED_STEP_TIMES`, an external GPU measurement, labelled as such
-wherever it is shown.
+Initial weights come from local generators (`seeded.py`), never from torch's global RNG.
 """
 
 from __future__ import annotations
@@ -42,14 +40,6 @@ SMALL_TOY = dict(d=64, steps=60, batch_size=32, true_rank=4)
 # Adam learning rates for the toy runs: a gentle one where α's effect on the pace is the point,
 # a brisk one where the fitted update is (most of the target is learnt within 60 steps).
 ALPHA_LR, FIT_LR = 1e-3, 5e-3
-
-# The one external number: measured by others on a GPU, shown with its provenance, never as ours.
-REPORTED_STEP_TIMES = {
-    "label": "reported measurement (external, on a GPU, not computed by LoRA Lab)",
-    "setup": "PEFT LoRA on all linear layers of distilgpt2",
-    "lora_over_frozen": 1.52,   # step time / a forward+backward of the frozen base
-    "full_over_frozen": 1.18,
-}
 
 
 # --- toy training runs (lc.toy) ------------------------------------------------------------------------
