@@ -191,13 +191,24 @@ def test_an_aborted_step_leaves_no_gradients_and_the_next_step_is_the_same(setup
     assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
 
 
+def _wait_until(condition, worker, timeout: float = 120.0) -> None:
+    """Poll `condition` while `worker` steps. Sleeping between polls hands the GIL to the worker: a bare `pass`
+    loop starved it (one torch op per 5 ms switch interval), so a step could outlast the worker's time box and the
+    loop spun forever."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert worker.is_alive(), "the worker's advance() returned before the condition held"
+        assert time.monotonic() < deadline, f"the condition did not hold within {timeout:g} s"
+        time.sleep(0.001)
+
+
 def test_finish_waits_for_a_step_in_progress_and_pause_stops_the_time_box(setup):
     import threading
     run = _start(setup, steps=500)
     worker = threading.Thread(target=run.advance, kwargs={"seconds": 30.0})
     worker.start()
-    while run.step < 3:                                       # 3: no probe after it, so the next step starts now
-        pass
+    _wait_until(lambda: run.step >= 3, worker)                # 3: no probe after it, so the next step starts now
     run.pause()
     paused_at = run.step                                      # pause waited for the step in progress
     worker.join(timeout=60)
@@ -207,8 +218,7 @@ def test_finish_waits_for_a_step_in_progress_and_pause_stops_the_time_box(setup)
     run.resume()
     worker = threading.Thread(target=run.advance, kwargs={"seconds": 30.0})
     worker.start()
-    while run.step == paused_at:
-        pass
+    _wait_until(lambda: run.step > paused_at, worker)
     run.finish("stopped")           # waits for the stepper, then measures once
     worker.join(timeout=60)
     assert run.status == "stopped" and run.after and run.advance(1.0) == []
