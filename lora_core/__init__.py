@@ -30,6 +30,7 @@ from .inject import (
     remove_lora,
     trainable_parameters,
 )
+from .intruders import IntruderReport, intruder_dimensions, reduce_intruder_dimension
 from .layers import LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
 from .merging import disable_lora, merge_and_unload, merge_lora, unmerge_lora
 from .models import ModelUnavailableError, build_on_meta, load_config, load_model
@@ -39,6 +40,7 @@ from .sharing import shared_base_copy, shares_storage
 from .spectrum import effective_rank, energy_captured, factor_singular_values, singular_values, subspace_similarity
 
 __all__ = [
+    "IntruderReport",
     "Ledger",
     "LoraConfig",
     "LoraConv2d",
@@ -60,6 +62,7 @@ __all__ = [
     "energy_captured",
     "factor_singular_values",
     "inject_lora",
+    "intruder_dimensions",
     "ledger_of",
     "load_adapter",
     "load_config",
@@ -72,6 +75,7 @@ __all__ = [
     "pick_device",
     "quantize_model",
     "read_adapter_config",
+    "reduce_intruder_dimension",
     "remove_lora",
     "save_adapter",
     "shared_base_copy",

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lora_core"
-USES = ("teach", "research", "serve", "bench", "viz")  # the subpackages that use the library
+USES = ("teach", "research", "replay", "serve", "bench", "viz")  # the subpackages that use the library
 PAGE_FILES = [*sorted((ROOT / "pages").glob("*.py")), ROOT / "app.py"]
 
 

@@ -85,6 +85,18 @@ def test_only_the_adapter_changes(tok, data):
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
 
 
+def test_full_finetune_trains_every_weight_without_an_adapter(tok, data):
+    """The research replays' baseline: full_finetune=True trains the model's own weights (no LoRA needed)."""
+    model = BUILDERS["llama"]()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        Trainer(model, tok, data, TrainConfig(lr=1e-3, steps=3))
+    trainer = Trainer(model, tok, data, TrainConfig(lr=1e-3, steps=3), full_finetune=True)
+    trainer.run(3)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before) and trainer.step_count == 3
+
+
 def test_metrics_of_a_step(tok, data):
     trainer = Trainer(adapted(), tok, data, TrainConfig(lr=1e-2, steps=10, warmup_steps=2))
     m = trainer.step()

@@ -10,18 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
-from ..device import describe_device, pick_device
-from ..settings_file import REPO_ROOT
+from ..provenance import provenance as stamp
 from . import run
 from .report import format_layer_table, format_table, layer_benchmark, load_result, markdown_table
 from .run import DTYPES, LIVE, TARGETS, VARIANTS, BenchConfig, run_benchmark
@@ -98,15 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def provenance(argv: Sequence[str]) -> dict:
-    """What a shipped result must say about itself: the command, the commit, the device and the time."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
-    except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed wheel), or no git
-        commit, dirty = None, None
-    return {"command": shlex.join(["python", "-m", "lora_core.bench", *argv]), "commit": commit,
-            "uncommitted_changes": dirty, "device": describe_device(pick_device()),
-            "torch": torch.__version__, "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    """What a shipped benchmark result says about itself (lora_core.provenance)."""
+    return stamp("lora_core.bench", argv)
 

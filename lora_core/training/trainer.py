@@ -145,11 +145,13 @@ class Trainer:
     """Trains the trainable parameters (the adapter) of `model` on `dataset.train`."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                 cfg: TrainConfig | None = None):
+                 cfg: TrainConfig | None = None, full_finetune: bool = False):
+        """`full_finetune=True` trains whatever requires grad without an adapter: full fine-tuning, the
+        baseline the research replays compare LoRA with. Otherwise the model must carry a LoRA adapter."""
         self.cfg = cfg = cfg or TrainConfig()
         self.model, self.tokenizer, self.dataset = model, tokenizer, dataset
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not hasattr(model, "lora_config") or not trainable:
+        if not trainable or not (full_finetune or hasattr(model, "lora_config")):
             raise ValueError("model has no LoRA adapter to train: call lc.inject_lora(model, cfg) first")
         self.names = [n for n, _ in trainable]
         self.params = [p for _, p in trainable]

@@ -1,0 +1,1 @@
+"""`python -m lora_core.replay`: the research replays' command line. The code lives in lora_core/research/."""
