@@ -4,9 +4,9 @@
     python -m lora_core.replay run rank --quick                 # a few minutes on a 2-core CPU
     python -m lora_core.replay run all --out results/replay     # the full versions, shipped with LoRA Lab
 
-`run all` keeps one Lab, so runs that several replays share (the rank sweep's adapters) are trained once; each
-result is written as soon as its replay finishes. `run_replay` is the same thing as a function, for the page and
-the lesson.
+`run` with several names (or all) keeps one Lab, so runs that several replays share (the rank sweep's adapters)
+are trained once; each result is written as soon as its replay finishes. `run_replay` is the same thing as a
+function, for the page and the lesson.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                                      description="Replay LoRA papers' findings on SmolLM2-135M-Instruct.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
-    run = sub.add_parser("run", help="run one experiment (or all) and write DIR/NAME.json")
-    run.add_argument("name", choices=[*NAMES, "all"])
+    run = sub.add_parser("run", help="run experiments (or all) and write DIR/NAME.json for each")
+    run.add_argument("names", nargs="+", choices=[*NAMES, "all"], metavar="NAME",
+                     help=f"one or more of {', '.join(NAMES)}, or all")
     run.add_argument("--quick", action="store_true", help="the reduced version (a few minutes on a laptop CPU)")
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
@@ -65,9 +66,12 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
             log(f"{e.name:<{width}}  {e.title}  [{e.paper}]")
         return 0
     lab = Lab.open(QUICK if args.quick else FULL, device=args.device, log=log)
-    for name in ALL_ORDER if args.name == "all" else [args.name]:
+    names = ALL_ORDER if "all" in args.names else list(dict.fromkeys(args.names))
+    # each result records the command that makes it alone
+    options = [*(["--quick"] if args.quick else []), *(["--device", args.device] if args.device != "cpu" else []),
+               "--out", args.out]
+    for name in names:
         log(f"{name}: running ({lab.scale.name})...")
-        one = [a if a != "all" else name for a in argv]
-        result = run_replay(name, lab, one)
+        result = run_replay(name, lab, ["run", name, *options])
         log(f"{name}: {result['seconds']:.0f} s -> {record.write(result, args.out)}")
     return 0
