@@ -63,7 +63,8 @@ def load(path: str | os.PathLike) -> dict:
     return result
 
 
-def shipped(name: str, results_dir: str | os.PathLike = RESULTS_DIR) -> dict | None:
-    """The shipped full result of experiment `name`, or None when it has not been run and committed yet."""
-    path = Path(results_dir) / f"{name}.json"
+def shipped(name: str, results_dir: str | os.PathLike | None = None) -> dict | None:
+    """The shipped full result of experiment `name` (in RESULTS_DIR unless `results_dir`), or None when it has not
+    been run and committed yet."""
+    path = Path(results_dir if results_dir is not None else RESULTS_DIR) / f"{name}.json"
     return load(path) if path.is_file() else None

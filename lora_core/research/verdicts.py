@@ -25,6 +25,13 @@ def _gap(better: dict, worse: dict) -> tuple[float, float]:
     return diff, noise
 
 
+def _noise(noise: float, *spreads: dict) -> str:
+    """How the seed noise reads in a sentence: one seed measures none, and the sentence must say so."""
+    if all(s["n"] < 2 for s in spreads):
+        return "one seed, so no seed noise was measured"
+    return f"seed noise ±{noise:.3f}"
+
+
 def _three(diff: float, noise: float, big: bool = True) -> str:
     if diff > noise and diff > 0 and big:
         return HELD
@@ -37,10 +44,11 @@ def targets(results: dict) -> dict:
     best_single = min((rows["q"], rows["k"]), key=lambda row: row["test_loss"]["mean"])
     diff, noise = _gap(best_pair["test_loss"], best_single["test_loss"])
     ranking = sorted(rows.values(), key=lambda row: row["test_loss"]["mean"])
+    said = _noise(noise, best_pair["test_loss"], best_single["test_loss"])
     return {"verdict": _three(diff, noise),
             "ours": f"best of q,v / q,k,v,o ({best_pair['label']}) {best_pair['test_loss']['mean']:.3f} against "
                     f"best of q / k alone ({best_single['label']}) {best_single['test_loss']['mean']:.3f} held-out "
-                    f"loss (difference {diff:+.3f}, seed noise ±{noise:.3f}); order: "
+                    f"loss (difference {diff:+.3f}, {said}); order: "
                     + ", ".join(row["label"] for row in ranking),
             "rule": "held if spreading the budget over q,v or q,k,v,o beats q or k alone by more than the seed noise"}
 
@@ -54,8 +62,9 @@ def rank(results: dict) -> dict:
     diff, noise = _gap(big["test_loss"], enough["test_loss"])
     verdict = HELD if enough["r"] <= 8 else (SMALLER if enough["r"] < big["r"] else NOT_HELD)
     return {"verdict": verdict,
-            "ours": f"r={enough['r']} is already within seed noise of the best (r={best['r']}); r={big['r']} is "
-                    f"{diff:+.3f} held-out loss behind r={enough['r']} (noise ±{noise:.3f})",
+            "ours": f"r={enough['r']} is the smallest rank within seed noise of the best (r={best['r']}); r={big['r']} "
+                    f"differs from r={enough['r']} by {diff:+.3f} held-out loss "
+                    f"({_noise(noise, big['test_loss'], enough['test_loss'])})",
             "rule": "held if a rank of 8 or less is within seed noise of the best rank's held-out loss"}
 
 
@@ -123,7 +132,7 @@ def learning_rate(results: dict) -> dict:
     shown = "undefined (a sweep diverged everywhere)" if ratio is None else f"{ratio:.0f}×"
     return {"verdict": verdict,
             "ours": f"best LoRA rate / best full rate = {shown}; all-linear beats attention-only by {diff:+.3f} "
-                    f"held-out loss (noise ±{noise:.3f})",
+                    f"held-out loss ({_noise(noise, att, all_)})",
             "rule": "held if the ratio of best rates is between 3× and 30× (the post: about 10×); smaller if > 1"}
 
 

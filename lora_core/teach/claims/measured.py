@@ -14,6 +14,7 @@ import torch
 
 from ...config import LoraConfig
 from ...quant import codebook as quant
+from ...research import record, verdicts
 from ...spectrum import rank_k_report
 from .. import anatomy, evidence, training_runs
 from ..evidence import Evidence, curves_figure, percent
@@ -197,47 +198,50 @@ def product_approximates_update(weight: torch.Tensor | None = None) -> tuple[str
 
 
 # How to measure the claim on a real, pretrained model: fine-tunes that write adapters under runs/.
-REAL_EVIDENCE_HOW = ("Produce real evidence: `python -m lora_core.finetune --model smollm2-135m --r 8 --steps 40` "
-                     "fine-tunes pretrained SmolLM2 and writes runs/<data>-r8/adapter_model.safetensors, whose ΔW "
-                     "spectrum this row then shows; the same run at --r 1, 2, 4, 16 is a rank sweep (compare the "
-                     "held-out loss in each metrics.json). A full fine-tune's ΔW spectrum, with no rank limit, is the "
-                     "research replay's to measure.")
+REPLAY_HOW = ("`python -m lora_core.replay run rank forgetting --out results/replay` fine-tunes pretrained SmolLM2: "
+              "a rank sweep, and a full fine-tune whose ΔW has no rank limit (the Research replays page shows both)")
 
 
 def spectrum_of_updates(runs_dir: str | Path | None = None) -> tuple[str, Evidence]:
-    """Row 23. Intrinsic dimension (Aghajanyan) against intrinsic rank (LoRA's hypothesis); the spectrum of
-    adapters fine-tuned on a pretrained model (runs/) when there are any, else the toy, named for what it is."""
+    """Row 23. Intrinsic dimension (Aghajanyan) against intrinsic rank (LoRA's hypothesis), answered by the research
+    replays on pretrained SmolLM2: the rank of a full fine-tune's ΔW, and whether a small r is enough."""
+    forgetting, sweep = record.shipped("forgetting"), record.shipped("rank")
     spectra = training_runs.trained_adapter_spectra(runs_dir)
-    full = training_runs.full_update_spectrum()
-    sweep = training_runs.rank_sweep_toy()
-    sv = full["singular_values"]
     truth = ("Aghajanyan et al. measured intrinsic *dimension*: the size of a random subspace of the parameters "
              "within which fine-tuning reaches 90% of full fine-tuning's score. Low intrinsic *rank* of the update "
              "ΔW is the LoRA paper's hypothesis, built on it. Evidence for it has to come from a real fine-tune of "
-             "a pretrained model. ")
+             "a pretrained model, never from a toy whose target was planted with low rank. ")
+    metrics, series = {"real runs found": str(len(spectra))}, {}
+    if forgetting is not None:
+        ranks = forgetting["results"]["full_delta_ranks"]
+        every = sorted(x for p in ranks.values() for x in p["rank_90"])
+        median, width = every[len(every) // 2], max(p["full_rank"] for p in ranks.values())
+        truth += (f"A full fine-tune of SmolLM2-135M-Instruct on the replays' E2E-style task "
+                  f"({forgetting['settings']['curve_steps']} steps) changed every weight with an update that is not "
+                  f"low rank: the median layer needs {median} singular directions (of at most {width}) to hold 90% "
+                  f"of its ΔW's energy. ")
+        metrics["full fine-tune ΔW: median rank for 90% energy"] = str(median)
+        series = {f"full fine-tune ΔW, {proj} of block 15": ranks[proj]["singular_values_middle"][:64]
+                  for proj in ("q_proj", "v_proj", "down_proj")}
+    if sweep is not None:
+        v = verdicts.verdict(sweep)
+        truth += (f"Yet a low-rank update is enough for the task: in the rank sweep ({len(sweep['seeds'])} seeds) "
+                  f"{v['ours']}; verdict against the LoRA paper's Table 18: {v['verdict']}. ")
+        metrics["rank sweep verdict"] = v["verdict"]
+    if forgetting is None and sweep is None:
+        truth += f"No replay result is shipped with this copy: {REPLAY_HOW}. "
     if spectra:
         shares = ", ".join(f"{s['run']} (r={s['r']}, {s['modules']} modules): {percent(s['median energy in σ_1'], 0)}"
                            for s in spectra)
-        truth += (f"Adapters fine-tuned here on a pretrained model (runs/): the median share of a ΔW's energy in its "
-                  f"first singular value is {shares}. A LoRA ΔW has rank ≤ r by construction, so this shows how "
-                  f"much of the rank budget the update uses, not that a full update would be low rank.")
-    else:
-        left = ", ".join(f"r={r}: {percent(v, 0)}" for r, v in sweep["fraction_left"].items())
-        truth += (f"No real run is saved here yet, so the curve below is only the toy task, and the toy proves "
-                  f"nothing about the claim: its target update was planted with rank {full['k']}, so an "
-                  f"unconstrained update putting {percent(full['energy_top_k'], 1)} of its energy in its top "
-                  f"{full['k']} singular values, and small ranks cutting the loss ({left} left), only show that "
-                  f"training can recover a planted low-rank update. " + REAL_EVIDENCE_HOW)
-    series = {f"trained adapter {s['run']} (r={s['r']}, mean)": s["mean σ_i/σ_1"] for s in spectra}
-    if not spectra:
-        series[f"toy: full ΔW, target planted at rank {full['k']} ({full['d']}×{full['d']})"] = (sv / sv[0])[:16]
-    metrics = {"real runs found": str(len(spectra))}
-    metrics |= ({f"median energy in σ_1, {s['run']}": percent(s["median energy in σ_1"], 0) for s in spectra}
-                or {f"toy (planted rank {full['k']}): energy in top {full['k']}": percent(full["energy_top_k"], 1)})
-    return truth, Evidence(
+        truth += (f"Adapters fine-tuned here (runs/): the median share of a ΔW's energy in its first singular value "
+                  f"is {shares}; a LoRA ΔW has rank ≤ r by construction, so this shows how much of the rank budget "
+                  f"the update uses.")
+        series |= {f"trained adapter {s['run']} (r={s['r']}, mean)": s["mean σ_i/σ_1"] for s in spectra}
+        metrics |= {f"median energy in σ_1, {s['run']}": percent(s["median energy in σ_1"], 0) for s in spectra}
+    return truth.strip(), Evidence(
         metrics=metrics, table=[{k: v for k, v in s.items() if k != "mean σ_i/σ_1"} for s in spectra],
-        figure={"kind": "spectra", "series": series,
-                "title": "σ_i / σ_1 of trained adapters" if spectra else "σ_i / σ_1 of the toy's ΔW (planted rank)"},
-        code="" if spectra else REAL_EVIDENCE_HOW.split("`")[1],
-        note="teach.training_runs.trained_adapter_spectra (runs/*/adapter_model.safetensors)"
-             + ("" if spectra else "; the toy: training_runs.full_update_spectrum, rank_sweep_toy"))
+        figure={"kind": "spectra", "series": series, "title": "Singular values of fine-tuned updates"} if series
+        else None,
+        code=REPLAY_HOW.split("`")[1],
+        note="research replays: results/replay/forgetting.json (full_delta_ranks), rank.json (verdicts.rank); "
+             "teach.training_runs.trained_adapter_spectra (runs/*/adapter_model.safetensors)")
