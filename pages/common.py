@@ -69,6 +69,8 @@ PAGES = (
               "**Interview prep**: randomised questions whose answers lora_core computes"),
     PageEntry("pages/claims.py", "Claims check", ":material/fact_check:",
               "**Claims check**: what the usual LoRA write-ups get right and wrong, with evidence"),
+    PageEntry("pages/replays.py", "Research replays", ":material/science:",
+              "**Research replays**: seven findings of four LoRA papers re-measured on SmolLM2, each with a verdict"),
 )
 
 
