@@ -1,6 +1,6 @@
 """Rank and SVD: why a low-rank update is enough, and what ΔW's spectrum looks like.
 
-Every number comes from lora_core.teach.low_rank (spectra, adapters on a real weight, the toy pair)
+Every number comes from lora_core.teach.low_rank (spectra, adapters on a real weight), the subspace replay
 and lora_core.spectrum; this page picks inputs and draws.
 """
 
@@ -8,6 +8,7 @@ import streamlit as st
 
 import lora_core as lc
 from lora_core import viz
+from lora_core.research import record, verdicts
 from lora_core.teach import low_rank
 from pages.common import TRAINED_ADAPTERS, base_model, last_good
 
@@ -39,12 +40,6 @@ def keep_top(layer: int | None, proj: str | None, k: int) -> dict:
 def adapter_spectra(layer: int, proj: str, r: int, alpha: float) -> dict:
     """A fresh and a random adapter on the real layer (the frozen weight is shared, not copied)."""
     return low_rank.adapter_spectra(matrix(layer, proj).matrix, r, alpha)
-
-
-@st.cache_data(show_spinner=False)
-def trained_pair(r_small: int, r_large: int) -> dict:
-    """Two adapters trained on the same toy problem (a planted rank-4 target), compared (plain tensors)."""
-    return low_rank.trained_pair(r_small, r_large)
 
 
 # --- 1. low-rank approximation -------------------------------------------------------------------
@@ -81,8 +76,8 @@ right.plotly_chart(viz.energy_curve(lc.spectrum.energy_profile(study.singular_va
 if source != "a picture":
     st.info(f"A pretrained weight is **not** low rank: its top {k} values keep only {report['energy']:.1%} "
             "of its energy. LoRA does not compress W. It bets that the *change* ΔW a new task needs has "
-            "low rank: the LoRA paper's intrinsic-rank hypothesis, which section 3's toy illustrates but "
-            "does not test.")
+            "low rank: the LoRA paper's intrinsic-rank hypothesis, which the research replays test on SmolLM2 "
+            "(section 3, and the Research replays page).")
 
 # --- 2. the spectrum of ΔW -----------------------------------------------------------------------
 st.header("2. The spectrum of ΔW = B·A·scaling")
@@ -104,29 +99,33 @@ if spectra:
     st.caption("The fresh adapter's ΔW is exactly zero (B starts at zero), so it has no spectrum to draw: "
                "that is why training starts from the base model's behaviour.")
 
-# --- 3. a toy with a planted low-rank target: recovery and subspace similarity ---------------------
-st.header("3. A planted rank-4 target: do r = 8 and r = 64 find the same directions?")
-st.markdown("Both adapters below are trained with Adam on the same toy task (`lc.toy`): a frozen "
-            "128×128 layer must learn an update we **planted** with rank 4. Section 7 of the LoRA paper asks "
-            "whether a larger r finds new directions. φ(i, j) measures how much of the top i directions "
-            "of one adapter's A lie in the top j of the other's: 1 means contained, 0 means orthogonal.")
-with st.spinner("Training two small adapters…"):
-    pair = trained_pair(8, 64)
-small, large = pair["labels"]
-c1, c2 = st.columns(2)
-c1.plotly_chart(viz.spectra(pair["spectra"], "Spectra after training (top 16)"), width="stretch")
-c2.plotly_chart(viz.similarity_heatmap(pair["phi"], small, large), width="stretch")
-top = pair["true_rank"]
-m1, m2, m3 = st.columns(3)
-m1.metric("φ on A, top 1", f"{pair['phi_top1']:.3f}", help="the paper's definition: right singular vectors of A")
-m2.metric(f"φ on A, top {top}", f"{pair['phi_top_true_rank']:.3f}",
-          help=f"random {top}-dim subspaces of {pair['d']} dims give about {top}/{pair['d']} = "
-               f"{pair['random_phi']:.3f}")
-m3.metric(f"φ on ΔW, top {top}", f"{pair['phi_delta_top_true_rank']:.3f}",
-          help="the input directions ΔW actually uses; A also keeps its random init, which blurs φ on A")
-st.caption(f"The planted target has rank {top}, and both adapters recover its {top} singular values: the extra "
-           f"{pair['extra_directions']} directions of the {large} adapter stay near zero.")
-st.info(pair["what_it_shows"], icon=":material/science:")
+# --- 3. r = 8 against r = 64 on a real model: the subspace replay -----------------------------------
+st.header("3. Do r = 8 and r = 64 find the same directions? Measured on SmolLM2")
+st.markdown("Section 7.1 of the LoRA paper trains adapters of rank 8 and 64 on the same task and asks whether the "
+            "larger one finds new directions. φ(i, j) measures how much of the top i right-singular directions of "
+            "one adapter's A lie in the top j of the other's: 1 means contained, and two random subspaces give "
+            "max(i, j)/n. The **Research replays** page trains both adapters on pretrained SmolLM2-135M-Instruct "
+            "(a data-to-text task) and measures it; here is its result for block 15.")
+subspace = last_good("rank_svd:subspace", lambda: record.shipped("subspace"))
+if subspace is None:
+    st.info("No shipped subspace replay in this copy: `python -m lora_core.replay run subspace --out "
+            "results/replay` produces it.", icon=":material/info:")
+else:
+    st.plotly_chart(viz.subspace_heatmaps(subspace["results"]), width="stretch")
+    phi = {proj: subspace["results"]["modules"][proj] for proj in ("q_proj", "v_proj")}
+    m1, m2, m3 = st.columns(3)
+    m1.metric("φ(1, 1), q", f"{phi['q_proj']['r8_vs_r64'][0][0]:.3f}")
+    m2.metric("φ(1, 1), v", f"{phi['v_proj']['r8_vs_r64'][0][0]:.3f}")
+    m3.metric("random subspaces, φ(1, 1)", f"{phi['q_proj']['baseline_r8_vs_r64'][0][0]:.4f}",
+              help="max(i, j)/n for i = 1, j = 64 and n = 576 input features")
+    v = verdicts.verdict(subspace)
+    st.markdown(f"**Verdict against the paper's Figure 3: {v['verdict']}.** {v['ours']}.")
+st.markdown("Whether a small r is *enough* for a task is the rank sweep's question, and whether a full fine-tune's "
+            "update is itself low rank is the forgetting replay's: both are measured on SmolLM2 on the Research "
+            "replays page, beside the papers' numbers. (The LoRA paper's intrinsic-rank hypothesis builds on "
+            "Aghajanyan et al.'s intrinsic *dimension*, arXiv 2012.13255, which is a different quantity.)")
+st.page_link("pages/replays.py", label="Research replays: all seven findings, re-measured",
+             icon=":material/science:")
 
 # --- 4. adapters trained on the Fine-tuning page -------------------------------------------------
 st.header("4. Your trained adapters")
