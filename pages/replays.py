@@ -65,6 +65,19 @@ FIGURES = {
 }
 
 
+# What a reader of a figure must know to read it right.
+NOTES = {
+    "subspace": "Block 0 stands out in the by-block line for a reason that is not learning: both adapters draw their "
+                "initial A from the same seeded stream, and block 0's q is drawn first, so A at r = 8 starts as the "
+                "first 8 rows of A at r = 64 there (lesson 11 checks it). From block 1 on the two streams differ; "
+                "the verdict reads block 15.",
+    "amplification": "The amplification factor ‖ΔW‖_F / ‖UᵀWVᵀ‖_F grows with ‖ΔW‖_F, that is with how far "
+                     "training moved the update: the paper's GPT-3 update had ‖ΔW‖_F = 6.91, ours a few dozen "
+                     "steps' worth. The ratio of W's projection on ΔW's directions to its projection on random "
+                     "directions does not depend on that size, so the verdict reads it too.",
+}
+
+
 def lambda_explorer(res: dict) -> None:
     """The intruder replay's λ sweep: pick a λ, see it on the trade-off and how many intruders it leaves."""
     points = res["reduction"]["points"]
@@ -221,6 +234,8 @@ def section(e) -> None:
     else:
         for build in FIGURES[e.name]:
             st.plotly_chart(build(result["results"]), width="stretch")
+        if e.name in NOTES:
+            st.caption(NOTES[e.name])
         st.dataframe(viz.measured_rows(result), hide_index=True)
         if e.name == "intruders":
             lambda_explorer(result["results"])

@@ -257,9 +257,12 @@ def rank_result(losses: dict[int, float]) -> dict:
             "results": {"ranks": [{"r": r, "test_loss": loss(m)} for r, m in losses.items()]}}
 
 
-def amplification_result(small: float, large: float) -> dict:
-    ranks = [{"r": r, "modules": {"q_proj": {"table7": {"r": r, "factor": f, "proj_delta_dirs": 0.5,
-                                                          "proj_W_dirs": 9.0}}}} for r, f in ((4, small), (64, large))]
+def amplification_result(small: float, large: float, aligned: float = 4.0) -> dict:
+    """`aligned`: W's projection on ΔW's directions over its projection on random ones (the paper's is 16)."""
+    ranks = [{"r": r, "modules": {"q_proj": {"table7": {"r": r, "factor": f, "proj_delta_dirs": 0.5 * aligned,
+                                                          "proj_random_dirs": 0.5, "proj_W_dirs": 9.0,
+                                                          "delta_norm": 1.0}}}}
+             for r, f in ((4, small), (64, large))]
     return {"name": "amplification", "scale": "full", "results": {"layer": 3, "ranks": ranks}}
 
 
@@ -276,11 +279,12 @@ def learning_rate_result(ratio: float | None) -> dict:
     (amplification_result(20.0, 3.0), HELD),
     (amplification_result(6.0, 3.0), SMALLER),
     (amplification_result(2.0, 4.0), NOT_HELD),
+    (amplification_result(20.0, 3.0, aligned=0.9), NOT_HELD),              # no better aligned with W than random
     (learning_rate_result(10.0), HELD),
     (learning_rate_result(2.0), SMALLER),
     (learning_rate_result(0.5), NOT_HELD),
     (learning_rate_result(None), NOT_HELD),                                  # every sweep diverged
-], ids=["rank-held", "rank-smaller", "rank-not", "amp-held", "amp-smaller", "amp-not",
+], ids=["rank-held", "rank-smaller", "rank-not", "amp-held", "amp-smaller", "amp-not", "amp-random",
         "lr-held", "lr-smaller", "lr-not", "lr-undefined"])
 def test_verdicts_follow_their_rules(result, expected):
     v = verdict(result)
