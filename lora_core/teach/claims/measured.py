@@ -230,6 +230,8 @@ def spectrum_of_updates(runs_dir: str | Path | None = None) -> tuple[str, Eviden
         metrics["rank sweep verdict"] = v["verdict"]
     if forgetting is None and sweep is None:
         truth += f"No replay result is shipped with this copy: {REPLAY_HOW}. "
+    else:
+        truth += "The Research replays page shows both, beside the papers' numbers. "
     if spectra:
         shares = ", ".join(f"{s['run']} (r={s['r']}, {s['modules']} modules): {percent(s['median energy in σ_1'], 0)}"
                            for s in spectra)
