@@ -6,6 +6,9 @@
 
 A result is {"name", "title", "paper", "scale", "command", "commit", "uncommitted_changes", "device", "torch",
 "time", "seconds", "seeds", "settings", "results"}: everything a page needs to draw, and nothing hand-edited.
+`seeds` are the scale's seeds, over which a replay repeats the runs it compares (targets, rank, the attention
+against all-linear comparison); a replay that reads single runs (forgetting, intruders, amplification, the
+learning-rate sweep) uses seed 0, and the subspace replay seeds 0 and 1.
 """
 
 from __future__ import annotations

@@ -132,6 +132,6 @@ def provenance_rows(result: dict) -> list[dict]:
     rows = [("command", result["command"]), ("commit", commit), ("device", result["device"]),
             ("torch", result.get("torch", "unknown")), ("finished at", result.get("time", "unknown")),
             ("took", f"{result['seconds']:.0f} s"), ("scale", result["scale"]),
-            ("seeds", ", ".join(map(str, result["seeds"])))]
+            ("seeds (where a replay repeats a run; single runs use seed 0)", ", ".join(map(str, result["seeds"])))]
     rows += [(key, value) for key, value in (result.get("settings") or {}).items()]
     return [{"what": key, "value": str(value)} for key, value in rows]
