@@ -12,6 +12,7 @@ constructed matrices whose answer is known.
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -98,6 +99,11 @@ def rank_profile(dW: torch.Tensor) -> dict:
     return {"rank_50": rank_for_energy(sv, 0.5), "rank_90": rank_for_energy(sv, 0.9),
             "rank_99": rank_for_energy(sv, 0.99), "effective_rank": effective_rank(sv),
             "full_rank": min(dW.shape), "singular_values": sv[:128].tolist()}
+
+
+def median_rank(full_delta_ranks: dict, key: str = "rank_90") -> float:
+    """The median over every analysed layer of a full fine-tune's ΔW rank (`key`), from the forgetting replay."""
+    return statistics.median(x for profile in full_delta_ranks.values() for x in profile[key])
 
 
 def parabola_minimum(lrs: list[float], losses: list[float]) -> float | None:

@@ -14,6 +14,8 @@ import math
 import statistics
 from collections.abc import Callable
 
+from .analysis import median_rank
+
 HELD, SMALLER, NOT_HELD = "held", "held in direction but smaller", "did not hold here"
 VERDICTS = (HELD, SMALLER, NOT_HELD)
 
@@ -116,14 +118,14 @@ def forgetting(results: dict) -> dict:
     lora, full = (results["curves"][k]["curve"][-1] for k in ("LoRA all-linear r=16", "full fine-tuning"))
     learns_less = lora["test_loss"] > full["test_loss"]
     forgets_less = lora["english_ppl"] - base["english_ppl"] < full["english_ppl"] - base["english_ppl"]
-    ranks = [x for p in results["full_delta_ranks"].values() for x in p["rank_90"]]
-    ratio = statistics.median(ranks) / results["lora_r"]
+    median = median_rank(results["full_delta_ranks"])
+    ratio = median / results["lora_r"]
     verdict = HELD if learns_less and forgets_less else (SMALLER if learns_less or forgets_less else NOT_HELD)
     return {"verdict": verdict,
             "ours": f"held-out loss LoRA {lora['test_loss']:.3f} vs full {full['test_loss']:.3f}; English "
                     f"perplexity {base['english_ppl']:.1f} before, LoRA {lora['english_ppl']:.1f}, full "
-                    f"{full['english_ppl']:.1f}; full fine-tuning's ΔW needs median rank "
-                    f"{statistics.median(ranks):.0f} for 90% of its energy, {ratio:.0f}× LoRA's r={results['lora_r']}",
+                    f"{full['english_ppl']:.1f}; full fine-tuning's ΔW needs a median rank of "
+                    f"{median:g} for 90% of its energy, {ratio:.1f}× LoRA's r={results['lora_r']}",
             "rule": "held if LoRA both learns less (higher held-out loss) and forgets less (smaller rise in "
                     "English perplexity); smaller if only one"}
 

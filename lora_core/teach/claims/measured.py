@@ -14,7 +14,7 @@ import torch
 
 from ...config import LoraConfig
 from ...quant import codebook as quant
-from ...research import record, verdicts
+from ...research import analysis, record, verdicts
 from ...spectrum import rank_k_report
 from .. import anatomy, evidence, training_runs
 from ..evidence import Evidence, curves_figure, percent
@@ -214,15 +214,15 @@ def spectrum_of_updates(runs_dir: str | Path | None = None) -> tuple[str, Eviden
     metrics, series = {"real runs found": str(len(spectra))}, {}
     if forgetting is not None:
         ranks = forgetting["results"]["full_delta_ranks"]
-        every = sorted(x for p in ranks.values() for x in p["rank_90"])
-        median, width = every[len(every) // 2], max(p["full_rank"] for p in ranks.values())
+        median, width = analysis.median_rank(ranks), max(p["full_rank"] for p in ranks.values())
         truth += (f"A full fine-tune of SmolLM2-135M-Instruct on the replays' E2E-style task "
-                  f"({forgetting['settings']['curve_steps']} steps) changed every weight with an update that is not "
-                  f"low rank: the median layer needs {median} singular directions (of at most {width}) to hold 90% "
-                  f"of its ΔW's energy. ")
-        metrics["full fine-tune ΔW: median rank for 90% energy"] = str(median)
-        series = {f"full fine-tune ΔW, {proj} of block 15": ranks[proj]["singular_values_middle"][:64]
-                  for proj in ("q_proj", "v_proj", "down_proj")}
+                  f"({forgetting['settings']['curve_steps']} steps) has no rank limit. Its update spreads over more "
+                  f"directions than a small LoRA rank holds, yet far fewer than a layer has: the median layer's ΔW "
+                  f"needs {median:g} singular directions (of up to {width}) for 90% of its energy. ")
+        metrics["full fine-tune ΔW: median rank for 90% energy"] = f"{median:g}"
+        for proj in ("q_proj", "v_proj", "down_proj"):
+            sv = torch.tensor(ranks[proj]["singular_values_middle"][:64])
+            series[f"full fine-tune ΔW, {proj} of block 15"] = sv / sv[0]
     if sweep is not None:
         v = verdicts.verdict(sweep)
         truth += (f"Yet a low-rank update is enough for the task: in the rank sweep ({len(sweep['seeds'])} seeds) "
@@ -242,7 +242,7 @@ def spectrum_of_updates(runs_dir: str | Path | None = None) -> tuple[str, Eviden
         metrics |= {f"median energy in σ_1, {s['run']}": percent(s["median energy in σ_1"], 0) for s in spectra}
     return truth.strip(), Evidence(
         metrics=metrics, table=[{k: v for k, v in s.items() if k != "mean σ_i/σ_1"} for s in spectra],
-        figure={"kind": "spectra", "series": series, "title": "Singular values of fine-tuned updates"} if series
+        figure={"kind": "spectra", "series": series, "title": "σ_i / σ_1 of fine-tuned updates"} if series
         else None,
         code=REPLAY_HOW.split("`")[1],
         note="research replays: results/replay/forgetting.json (full_delta_ranks), rank.json (verdicts.rank); "
