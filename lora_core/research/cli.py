@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..provenance import provenance
 from . import record
@@ -27,14 +28,14 @@ DEFAULT_OUT = "replay-results"
 def run_replay(name: str, lab: Lab, argv: Sequence[str] = ()) -> dict:
     """Run experiment `name` on `lab` and return its result with provenance (not yet written)."""
     e = experiment(name)
-    start = time.perf_counter()
+    start, hits_before = time.perf_counter(), lab.cache_hits
     results = e.run(lab)
     seconds = time.perf_counter() - start
     scale = lab.scale
     command = list(argv) or ["run", name, *(["--quick"] if scale.name == "quick" else [])]
     return {"name": e.name, "title": e.title, "paper": e.paper, "scale": scale.name,
             **provenance("lora_core.replay", command, lab.device),
-            "seconds": seconds, "seeds": lab.seeds(),
+            "seconds": seconds, "seeds": lab.seeds(), "runs_from_cache": lab.cache_hits - hits_before,
             "settings": {"model": "SmolLM2-135M-Instruct", "task": "E2E-style data-to-text (lora_core.research.e2e)",
                          "steps": scale.steps, "curve_steps": scale.curve_steps, "batch_size": scale.batch_size,
                          "seq_len": scale.seq_len, "test_loss_pairs": scale.n_loss, "bleu_inputs": scale.n_bleu,
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="the reduced version (a few minutes on a laptop CPU)")
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    run.add_argument("--no-cache", action="store_true",
+                     help="train every run afresh (default: finished LoRA runs are kept in OUT/.runs, so a stopped "
+                          "replay resumes)")
     return parser
 
 
@@ -65,7 +69,8 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         for e in EXPERIMENTS:
             log(f"{e.name:<{width}}  {e.title}  [{e.paper}]")
         return 0
-    lab = Lab.open(QUICK if args.quick else FULL, device=args.device, log=log)
+    cache = None if args.no_cache else str(Path(args.out) / ".runs")
+    lab = Lab.open(QUICK if args.quick else FULL, device=args.device, log=log, cache_dir=cache)
     names = ALL_ORDER if "all" in args.names else list(dict.fromkeys(args.names))
     # each result records the command that makes it alone
     options = [*(["--quick"] if args.quick else []), *(["--device", args.device] if args.device != "cpu" else []),

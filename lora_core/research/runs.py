@@ -31,6 +31,7 @@ from ..training import metrics
 from ..training.data import general_english
 from ..training.trainer import TrainConfig, Trainer, TrainingDiverged
 from .e2e import Task, make_task
+from .run_cache import RunCache
 
 MODEL = "smollm2-135m"
 KINDS = ("lora", "full")
@@ -121,8 +122,9 @@ class Lab:
     """The frozen base, the task and the scale that every run of a replay shares, with the run cache."""
 
     def __init__(self, base: nn.Module, tokenizer, task: Task, scale: Scale, device: str = "cpu",
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, cache: RunCache | None = None):
         self.base, self.tokenizer, self.task, self.scale, self.device = base, tokenizer, task, scale, device
+        self.cache, self.cache_hits = cache, 0
         self.log = log or (lambda message: None)
         self.english = general_english()
         self._runs: dict[RunSpec, Run] = {}
@@ -131,12 +133,14 @@ class Lab:
 
     @classmethod
     def open(cls, scale: Scale = QUICK, device: str = "cpu", task_seed: int = 0,
-             log: Callable[[str], None] | None = None) -> Lab:
-        """Load SmolLM2-135M-Instruct (offline) on `device`, frozen, and generate the task."""
+             log: Callable[[str], None] | None = None, cache_dir: str | None = None) -> Lab:
+        """Load SmolLM2-135M-Instruct (offline) on `device`, frozen, and generate the task; `cache_dir` keeps
+        finished LoRA runs on disk so that a stopped replay resumes (run_cache.py)."""
         base, tokenizer = load_model(MODEL, device=device)
         for p in base.parameters():
             p.requires_grad_(False)
-        return cls(base, tokenizer, make_task(task_seed), scale, device, log)
+        cache = RunCache(cache_dir, scale, device, MODEL) if cache_dir else None
+        return cls(base, tokenizer, make_task(task_seed), scale, device, log, cache)
 
     # --- evaluation ------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
@@ -155,6 +159,14 @@ class Lab:
         cached = self._runs.get(spec)
         if cached is not None and (cached.model is not None or not keep_model):
             return cached
+        if not keep_model and self.cache is not None and (saved := self.cache.load(spec)) is not None:
+            summary, factors = saved
+            deltas = {name: (B @ A) * (spec.lora_alpha / spec.r) for name, (B, A) in factors.items()}
+            self.cache_hits += 1
+            self.log(f"  {spec.label}, seed {spec.seed}: from the run cache (trained earlier in "
+                     f"{summary['seconds']:.0f} s; held-out loss {summary['final']['test_loss']:.3f})")
+            self._runs[spec] = Run(spec, summary, deltas, factors)
+            return self._runs[spec]
         s = self.scale
         steps = s.curve_steps if spec.curve else s.steps
         if spec.kind == "lora":
@@ -181,13 +193,16 @@ class Lab:
             diverged = e.reason
         final = curve[-1] if curve and curve[-1]["step"] == trainer.step_count else {
             "step": trainer.step_count, **self._scores(model)}
-        summary = {"spec": asdict(spec), "label": spec.label, "trainable": trainable, "total": total,
+        summary = {"spec": {**asdict(spec), "targets": list(spec.targets)}, "label": spec.label,
+                   "trainable": trainable, "total": total,
                    "steps": trainer.step_count, "train_loss": [m["loss"] for m in trainer.history],
                    "final": final, "curve": curve, "diverged": diverged,
                    "seconds": time.perf_counter() - start}
         self.log(f"  {spec.label}, seed {spec.seed}: {summary['steps']} steps, held-out loss "
                  f"{final['test_loss']:.3f}, BLEU {final['bleu']:.1f} ({summary['seconds']:.0f} s)")
         run = Run(spec, summary, *self._updates(model, spec), model=model if keep_model else None)
+        if self.cache is not None:
+            self.cache.save(spec, summary, run.factors)
         self._runs[spec] = run
         return run
 
