@@ -75,6 +75,10 @@ NOTES = {
                      "training moved the update: the paper's GPT-3 update had ‖ΔW‖_F = 6.91, ours a few dozen "
                      "steps' worth. The ratio of W's projection on ΔW's directions to its projection on random "
                      "directions does not depend on that size, so the verdict reads it too.",
+    "intruders": "An intruder must rank among the top 10 directions of W + ΔW, so ΔW's largest singular values must "
+                 "rival W's tenth. After a few dozen steps they may not: then nothing counts at ε = 0.5, and "
+                 "shrinking intruders (λ below) changes nothing, which the sweep shows as a flat line. The counts "
+                 "at looser thresholds show which way the runs lean.",
     "forgetting": "Both learning rates were fixed before the runs: 2e-3 for LoRA (the app's default) and 5e-5 for "
                   "full fine-tuning. How much a run forgets depends on how hard it pushes, so this comparison is "
                   "only as fair as those two rates; the learning-rate replay sweeps both. Biderman et al. trained "

@@ -103,14 +103,19 @@ def amplification(results: dict) -> dict:
 
 
 def intruders(results: dict) -> dict:
-    count = {label: sum(run["counts"][p]["by_epsilon"]["0.5"] for p in run["counts"])
-             for label, run in results["runs"].items()}
-    lora, full = count["LoRA r=8"], count["full fine-tuning"]
+    def count(eps: str) -> dict[str, int]:
+        return {label: sum(run["counts"][p]["by_epsilon"][eps] for p in run["counts"])
+                for label, run in results["runs"].items()}
+
+    at, loose = count("0.5"), count("0.9")
+    lora, full = at["LoRA r=8"], at["full fine-tuning"]
     verdict = HELD if lora > max(1, 2 * full) else (SMALLER if lora > full else NOT_HELD)
     return {"verdict": verdict,
             "ours": f"intruders among the top 10 directions (ε = 0.5), q and v of all blocks: LoRA r=8 {lora}, "
-                    f"LoRA r=64 {count['LoRA r=64']}, full fine-tuning {full}",
-            "rule": "held if LoRA has more than twice full fine-tuning's intruders (and at least 2)"}
+                    f"LoRA r=64 {at['LoRA r=64']}, full fine-tuning {full}; at the looser ε = 0.9: "
+                    f"{loose['LoRA r=8']}, {loose['LoRA r=64']} and {loose['full fine-tuning']}",
+            "rule": "held if, at the paper's ε = 0.5, LoRA has more than twice full fine-tuning's intruders (and at "
+                    "least 2); smaller if it has more"}
 
 
 def forgetting(results: dict) -> dict:
