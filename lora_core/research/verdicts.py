@@ -143,7 +143,9 @@ def learning_rate(results: dict) -> dict:
         verdict = NOT_HELD
     else:
         verdict = HELD if 3 <= ratio <= 30 else (SMALLER if ratio > 1 else NOT_HELD)
-    shown = "undefined (a sweep diverged everywhere)" if ratio is None else f"{ratio:.0f}×"
+    shown = "undefined (a sweep diverged everywhere)" if ratio is None else f"{ratio:.0f}× on the grid"
+    if results.get("fitted_ratio"):
+        shown += f" ({results['fitted_ratio']:.0f}× between the minima of parabolas through each best point)"
     return {"verdict": verdict,
             "ours": f"best LoRA rate / best full rate = {shown}; all-linear beats attention-only by {diff:+.3f} "
                     f"held-out loss ({_noise(noise, att, all_)})",
