@@ -121,15 +121,16 @@ def amplification(lab: Lab) -> dict:
 
 # --- 5. intruder dimensions --------------------------------------------------------------------------------
 def _intruder_counts(lab: Lab, run: Run) -> dict:
+    """Intruders per threshold and per block. One SVD pair per layer: a direction is an intruder at ε exactly when
+    its best cosine is below ε, so every threshold is read from the same best cosines."""
     counts = {}
     for proj in QV:
         names = [layer_name(i, proj) for i in range(lab.blocks)]
-        reports = {eps: [intruder_dimensions(lab.weight(n), lab.weight(n) + run.deltas[n], 10, eps) for n in names]
-                   for eps in EPSILONS}
-        counts[proj] = {"by_epsilon": {str(eps): sum(len(rep.intruders) for rep in reps)
-                                       for eps, reps in reports.items()},
-                        "by_layer": [len(rep.intruders) for rep in reports[0.5]],
-                        "best_cosine_middle": reports[0.5][MIDDLE].best_cosine}
+        reports = [intruder_dimensions(lab.weight(n), lab.weight(n) + run.deltas[n], 10, 0.5) for n in names]
+        cosines = [c for rep in reports for c in rep.best_cosine]
+        counts[proj] = {"by_epsilon": {str(eps): sum(c < eps for c in cosines) for eps in EPSILONS},
+                        "by_layer": [len(rep.intruders) for rep in reports],
+                        "best_cosine_middle": reports[MIDDLE].best_cosine}
     return counts
 
 
