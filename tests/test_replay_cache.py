@@ -62,4 +62,4 @@ def test_changed_code_or_another_spec_trains_afresh(parts, tmp_path, monkeypatch
 def test_full_fine_tunes_are_not_cached(parts, tmp_path):
     spec = RunSpec(kind="full", lr=1e-4)
     lab(parts, tmp_path).run(spec)
-    assert not list(tmp_path.glob("*.pt"))
+    assert not list(tmp_path.iterdir())  # nothing written, in any format
