@@ -299,8 +299,8 @@ def init_factors(layer: LoraLayer, init: bool | str, generator: torch.Generator 
             A.zero_()
             _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
             return
-        if init == "pissa":
-            pissa_init(layer)
+        if init in ("pissa", "olora"):
+            (pissa_init if init == "pissa" else olora_init)(layer)
             return
         if init == "gaussian":
             _draw(A, generator, lambda t, generator: t.normal_(std=1 / layer.r, generator=generator))
@@ -324,6 +324,29 @@ def pissa_init(layer: LoraLayer) -> None:
     sqrt_s = torch.sqrt(S[:r] / layer.scaling)
     B = U[:, :r] * sqrt_s           # (out, r)
     A = sqrt_s[:, None] * Vh[:r]    # (r, in)
+    layer.lora_A.weight.copy_(A)
+    layer.lora_B.weight.copy_(B)
+    residual = W - layer.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
+    residual = residual.T if layer.fan_in_fan_out else residual
+    layer.base_layer.weight = nn.Parameter(residual.to(w.dtype).contiguous(), requires_grad=False)
+
+
+def olora_init(layer: LoraLayer) -> None:
+    """OLoRA (arXiv 2406.01775): B, A from the thin QR of W (orthonormal B); W becomes the residual.
+
+    B = Q[:, :r], A = R[:r], and W_res = W - scaling * B @ A, so the layer starts exactly at W. Unlike
+    PiSSA the factors are not divided by the scaling. The QR is taken of W as (out, in): PEFT 0.21 takes it
+    of the stored weight, which for GPT-2's Conv1D is (in, out), so its factors come out transposed
+    (tests/test_variants_init.py pins that). The residual is a new tensor; the original W is not written.
+    """
+    if layer.base_layer.weight.is_meta:
+        return
+    w = layer.base_layer.weight
+    W = w.detach().float()
+    W = W.T if layer.fan_in_fan_out else W  # (out, in)
+    Q, R = torch.linalg.qr(W)  # (out, k) @ (k, in), k = min(out, in); Q's columns orthonormal
+    r = layer.r
+    B, A = Q[:, :r], R[:r]     # (out, r), (r, in)
     layer.lora_A.weight.copy_(A)
     layer.lora_B.weight.copy_(B)
     residual = W - layer.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
@@ -364,9 +387,9 @@ def check_lora_target(base_layer: nn.Module, cfg: LoraConfig, name: str = "") ->
     if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1:
         raise ValueError(f"target module {name!r} has groups={base_layer.groups}: "
                          "LoRA Lab wraps Conv2d layers with groups=1 only")
-    if cfg.init_lora_weights == "pissa" and not isinstance(base_layer, (nn.Linear, Conv1D)):
-        raise ValueError(f"init_lora_weights='pissa' is not allowed on {name!r} "
-                         f"({type(base_layer).__name__}): PiSSA is defined for Linear and Conv1D layers")
+    if cfg.init_lora_weights in ("pissa", "olora") and not isinstance(base_layer, (nn.Linear, Conv1D)):
+        raise ValueError(f"init_lora_weights={cfg.init_lora_weights!r} is not allowed on {name!r} "
+                         f"({type(base_layer).__name__}): it is defined for Linear and Conv1D layers")
 
 
 def make_lora_layer(base_layer: nn.Module, cfg: LoraConfig, name: str = "", *,
