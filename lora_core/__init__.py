@@ -7,19 +7,19 @@
     print(lc.count_lora_parameters("distilgpt2", cfg))   # the ledger on the meta device; no weights
 
 This root is the library: config, layers (and their fused fast path), inject, merging, PEFT files,
-counting, spectrum, sharing and device, combining adapters (TIES, DARE) and the LoRA+ / LoRA-FA
-optimizers, plus where models come from (models/) and the 4-bit base (quant/). Its uses live in
+counting, spectrum, sharing and device, DoRA's math, combining adapters (TIES, DARE) and the
+LoRA+ / LoRA-FA optimizers, plus where models come from (models/) and the 4-bit base (quant/). Its uses live in
 subpackages that import it, never the reverse: training/ (data, Trainer, metrics, the finetune CLI),
 teach/ (what pages and lessons show), serve/ (a shared server's settings, queue and upload checks),
 research/ (paper replays), bench/ (the benchmark) and viz/ (plotly figures).
 
 References: LoRA (arXiv 2106.09685), QLoRA (arXiv 2305.14314), rsLoRA (arXiv 2312.03732), OLoRA
-(arXiv 2406.01775), TIES (arXiv 2306.01708), DARE (arXiv 2311.03099), LoRA+ (arXiv 2402.12354),
+(arXiv 2406.01775), DoRA (arXiv 2402.09353), TIES (arXiv 2306.01708), DARE (arXiv 2311.03099), LoRA+ (arXiv 2402.12354),
 LoRA-FA (arXiv 2308.03303).
 This package never imports streamlit.
 """
 
-from . import combining, spectrum
+from . import combining, dora, spectrum
 from .config import LoraConfig
 from .counting import Ledger, count_lora_parameters, ledger_of
 from .device import autocast, describe_device, pick_device
@@ -66,6 +66,7 @@ __all__ = [
     "create_loraplus_optimizer",
     "describe_device",
     "disable_lora",
+    "dora",
     "effective_rank",
     "energy_captured",
     "factor_singular_values",
