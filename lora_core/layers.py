@@ -16,6 +16,8 @@ exactly as PEFT's do. With one, the factors are built on the meta device (nn.Lin
 draw from the global RNG) and filled from that generator alone: a shared server never moves the
 process-wide stream, and the same seed gives the same factors on any device.
 
+How the factors start (init_lora_weights, PiSSA, OLoRA) is inits.py.
+
 Merging is explicit and out of place: `merge()` swaps in a new weight W + ΔW (computed in fp32)
 and keeps the original tensor, so a frozen base shared by several models is never written and
 `unmerge()` restores W bit for bit. `.eval()` never merges (loralib's trap).
@@ -30,7 +32,6 @@ its base type and the LoRA layer that wraps it (`register_dispatch`).
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -40,6 +41,7 @@ from transformers.pytorch_utils import Conv1D
 
 from . import fused
 from .config import LoraConfig
+from .inits import init_factors
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
 SUPPORTED_TYPES = (*LINEAR_TYPES, nn.Embedding, nn.Conv2d)
@@ -266,92 +268,6 @@ class LoraConv2d(LoraLayer):
     def lora_branch(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lora_dropout(x.to(self.lora_A.weight.dtype))
         return self.lora_B(self.lora_A(x)) * self.scaling
-
-
-def _draw(t: torch.Tensor, generator: torch.Generator | None, fill) -> None:
-    """fill(tensor, generator=...) into `t`, drawn on the generator's own device when one is given."""
-    if generator is None or t.is_meta:
-        fill(t, generator=None)
-        return
-    drawn = torch.empty(t.shape, dtype=t.dtype, device=generator.device)
-    fill(drawn, generator=generator)
-    t.copy_(drawn)
-
-
-def _kaiming(t: torch.Tensor, generator: torch.Generator | None = None) -> None:
-    nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator)  # nn.Linear's own default init
-
-
-def init_factors(layer: LoraLayer, init: bool | str, generator: torch.Generator | None = None) -> None:
-    """PEFT's reset_lora_parameters, plus PiSSA; random draws come from `generator` when given."""
-    A, B = layer.lora_A.weight, layer.lora_B.weight
-    with torch.no_grad():
-        if init is False:  # both random: a non-zero ΔW from step 0 (tests, demos)
-            if isinstance(layer, LoraEmbedding):
-                _draw(A, generator, lambda t, generator: t.normal_(generator=generator))
-                _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
-            elif generator is not None:  # built on meta: give A and B what nn.Linear / nn.Conv2d would
-                _draw(A, generator, _kaiming)
-                _draw(B, generator, _kaiming)
-            return  # without a generator, nn.Linear / nn.Conv2d already gave A and B their Kaiming init
-        if isinstance(layer, LoraEmbedding):
-            # PEFT follows loralib here: A zero, B normal (ΔW = 0 all the same)
-            A.zero_()
-            _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
-            return
-        if init in ("pissa", "olora"):
-            (pissa_init if init == "pissa" else olora_init)(layer)
-            return
-        if init == "gaussian":
-            _draw(A, generator, lambda t, generator: t.normal_(std=1 / layer.r, generator=generator))
-        else:
-            _draw(A, generator, _kaiming)
-        B.zero_()
-
-
-def pissa_init(layer: LoraLayer) -> None:
-    """PiSSA (arXiv 2404.02948): A, B from the top-r SVD of W; W becomes the residual.
-
-    The residual is a *new* tensor: the original base weight (maybe shared) is not written.
-    """
-    if layer.base_layer.weight.is_meta:
-        return
-    w = layer.base_layer.weight
-    W = w.detach().float()
-    W = W.T if layer.fan_in_fan_out else W  # (out, in)
-    U, S, Vh = torch.linalg.svd(W, full_matrices=False)  # W = U diag(S) Vh
-    r = layer.r
-    sqrt_s = torch.sqrt(S[:r] / layer.scaling)
-    B = U[:, :r] * sqrt_s           # (out, r)
-    A = sqrt_s[:, None] * Vh[:r]    # (r, in)
-    layer.lora_A.weight.copy_(A)
-    layer.lora_B.weight.copy_(B)
-    residual = W - layer.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
-    residual = residual.T if layer.fan_in_fan_out else residual
-    layer.base_layer.weight = nn.Parameter(residual.to(w.dtype).contiguous(), requires_grad=False)
-
-
-def olora_init(layer: LoraLayer) -> None:
-    """OLoRA (arXiv 2406.01775): B, A from the thin QR of W (orthonormal B); W becomes the residual.
-
-    B = Q[:, :r], A = R[:r], and W_res = W - scaling * B @ A, so the layer starts exactly at W. Unlike
-    PiSSA the factors are not divided by the scaling. The QR is taken of W as (out, in): PEFT 0.21 takes it
-    of the stored weight, which for GPT-2's Conv1D is (in, out), so its factors come out transposed
-    (tests/test_variants_init.py pins that). The residual is a new tensor; the original W is not written.
-    """
-    if layer.base_layer.weight.is_meta:
-        return
-    w = layer.base_layer.weight
-    W = w.detach().float()
-    W = W.T if layer.fan_in_fan_out else W  # (out, in)
-    Q, R = torch.linalg.qr(W)  # (out, k) @ (k, in), k = min(out, in); Q's columns orthonormal
-    r = layer.r
-    B, A = Q[:, :r], R[:r]     # (out, r), (r, in)
-    layer.lora_A.weight.copy_(A)
-    layer.lora_B.weight.copy_(B)
-    residual = W - layer.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
-    residual = residual.T if layer.fan_in_fan_out else residual
-    layer.base_layer.weight = nn.Parameter(residual.to(w.dtype).contiguous(), requires_grad=False)
 
 
 def in_out_features(layer: nn.Module) -> tuple[int, int]:
