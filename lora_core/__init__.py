@@ -25,6 +25,7 @@ from .counting import Ledger, count_lora_parameters, ledger_of
 from .device import autocast, describe_device, pick_device
 from .inject import (
     ModulesToSaveWrapper,
+    adapter_config,
     candidate_modules,
     inject_lora,
     lora_layers,
@@ -34,7 +35,7 @@ from .inject import (
     trainable_parameters,
 )
 from .intruders import IntruderReport, intruder_dimensions, reduce_intruder_dimension
-from .layers import LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
+from .layers import Adapter, LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
 from .merging import disable_lora, merge_and_unload, merge_lora, unmerge_lora
 from .models import ModelUnavailableError, build_on_meta, load_config, load_model
 from .optimizers import LoraFAOptimizer, create_lorafa_optimizer, create_loraplus_optimizer
@@ -44,6 +45,7 @@ from .sharing import shared_base_copy, shares_storage
 from .spectrum import effective_rank, energy_captured, factor_singular_values, singular_values, subspace_similarity
 
 __all__ = [
+    "Adapter",
     "IntruderReport",
     "Ledger",
     "LoraConfig",
@@ -55,6 +57,7 @@ __all__ = [
     "ModelUnavailableError",
     "ModulesToSaveWrapper",
     "NF4Linear",
+    "adapter_config",
     "adapter_state_dict",
     "adapter_zip",
     "autocast",

@@ -102,8 +102,9 @@ def ledger_of(model: nn.Module, name: str = "model") -> Ledger:
     """Tabulate a model that already has LoRA injected (any device, meta included)."""
     groups: dict[tuple, int] = {}
     for layer_name, layer in lora_layers(model):
-        key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features, layer.r,
-               _weight_params(layer), layer.lora_A.weight.numel() + layer.lora_B.weight.numel())
+        adapter = layer.adapter()
+        key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features, adapter.r,
+               _weight_params(layer), adapter.A.numel() + adapter.B.numel())
         groups[key] = groups.get(key, 0) + 1
     rows = [LedgerRow(*k[:4], count, *k[4:]) for k, count in groups.items()]
     trainable, total = trainable_parameters(model)

@@ -244,6 +244,23 @@ def lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
+def adapter_config(model: nn.Module, name: str | None = None) -> LoraConfig:
+    """The LoraConfig of adapter `name` (None: the active one), as injection left it (what PEFT saves)."""
+    if not hasattr(model, "lora_config"):
+        raise ValueError("model has no LoRA adapter: call inject_lora(model, cfg) first")
+    if name is not None and name != LoraLayer.adapter_name:
+        raise ValueError(f"adapter_name={name!r} is not an adapter of this model: it has {[LoraLayer.adapter_name]}")
+    return model.lora_config
+
+
+def adapter_layers(model: nn.Module, adapter_name: str | None = None) -> list[tuple[str, LoraLayer]]:
+    """[(name, layer)] for the LoRA layers holding adapter `adapter_name` (None: the active one), in model order."""
+    if adapter_name is not None and adapter_name != LoraLayer.adapter_name:
+        raise ValueError(f"adapter_name={adapter_name!r} is not an adapter of this model: "
+                         f"it has {[LoraLayer.adapter_name]}")
+    return lora_layers(model)
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) over unique parameters, as PEFT's `get_nb_trainable_parameters`.
 

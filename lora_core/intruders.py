@@ -92,11 +92,12 @@ def reduced_factors(layer: LoraLayer, top_k: int = TOP_K, threshold_epsilon: flo
     U, S, Vh = _svd(W_tuned)
     idx = report.intruders
     intruder = (U[:, idx] * S[idx]) @ Vh[idx]                 # (out, n) @ (n, in): Σ σ_i u_i v_iᵀ
-    delta = (W_tuned + (mitigation_lambda - 1.0) * intruder - W) / layer.scaling
+    r, scaling = layer.adapter().r, layer.adapter().scaling
+    delta = (W_tuned + (mitigation_lambda - 1.0) * intruder - W) / scaling
     U_d, S_d, Vh_d = _svd(delta)
-    root = S_d[:layer.r].sqrt()
-    B_new = U_d[:, :layer.r] * root                           # (out, r)
-    A_new = root[:, None] * Vh_d[:layer.r]                    # (r, in)
+    root = S_d[:r].sqrt()
+    B_new = U_d[:, :r] * root                                 # (out, r)
+    A_new = root[:, None] * Vh_d[:r]                          # (r, in)
     return B_new.to(B.dtype), A_new.to(A.dtype), report
 
 
@@ -113,12 +114,13 @@ def reduce_intruder_dimension(model: nn.Module, top_k: int = TOP_K, threshold_ep
         raise ValueError("model has no LoRA layer: call lc.inject_lora(model, cfg) and train it first")
     if merged := [n for n, layer in layers if layer.merged]:
         raise ValueError(f"layer {merged[0]!r} is merged: unmerge_lora(model) first, then reduce")
-    if other := [(n, layer) for n, layer in layers if layer.lora_B.weight.ndim != 2]:
+    if other := [(n, layer) for n, layer in layers if layer.adapter().B.ndim != 2]:
         name, layer = other[0]
         raise ValueError(f"layer {name!r} is a {type(layer).__name__}: only Linear and Conv1D layers are supported")
     reports = {}
     for name, layer in layers:
         B, A, reports[name] = reduced_factors(layer, top_k, threshold_epsilon, mitigation_lambda)
-        layer.lora_B.weight.copy_(B.view_as(layer.lora_B.weight))
-        layer.lora_A.weight.copy_(A.view_as(layer.lora_A.weight))
+        adapter = layer.adapter()
+        adapter.B.copy_(B.view_as(adapter.B))
+        adapter.A.copy_(A.view_as(adapter.A))
     return reports

@@ -33,6 +33,7 @@ its base type and the LoRA layer that wraps it (`register_dispatch`).
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -98,10 +99,27 @@ def adapter_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+class Adapter(NamedTuple):
+    """One adapter of a LoRA layer, read now: r and scaling are copies, so read it again after a change.
+
+    A and B are the layer's own Parameters (writing them writes the adapter): A (r, in) and B (out, r),
+    or (r, in, kh, kw) and (out, r, 1, 1) for Conv2d, so that ΔW = B @ A * scaling.
+    """
+    name: str
+    A: nn.Parameter
+    B: nn.Parameter
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    scaling: float
+    dropout: nn.Module
+
+
 class LoraLayer(nn.Module):
     """Base class: holds the frozen `base_layer`, the factors, `scaling` and the `merged` flag."""
 
     fan_in_fan_out = False  # True when the base weight is stored transposed, (in, out)
+    adapter_name = "default"  # the one adapter a layer holds (PEFT's default name)
 
     def __init__(self, base_layer: nn.Module, in_features: int, out_features: int, cfg: LoraConfig):
         super().__init__()
@@ -114,15 +132,25 @@ class LoraLayer(nn.Module):
         self.merged = False
         self.disabled = False
 
-    # --- the pieces every layer type defines ----------------------------------------------
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, A) as matrices, (out, r) and (r, in), so that ΔW = B @ A * scaling."""
-        return self.lora_B.weight.flatten(1), self.lora_A.weight.flatten(1)
+    # --- the adapter and its ΔW ---------------------------------------------------------------
+    def adapter(self, name: str | None = None) -> Adapter:
+        """The adapter `name` of this layer (None: the active one), as a read-only view of its parts."""
+        if name is not None and name != self.adapter_name:
+            raise ValueError(f"adapter_name={name!r} is not an adapter of this layer: "
+                             f"it holds {[self.adapter_name]}")
+        return Adapter(self.adapter_name, self.lora_A.weight, self.lora_B.weight, self.r, self.lora_alpha,
+                       self.use_rslora, self.scaling, self.lora_dropout)
 
-    def delta_weight(self) -> torch.Tensor:
+    def factors(self, name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A) of adapter `name` as matrices, (out, r) and (r, in), so that ΔW = B @ A * scaling."""
+        a = self.adapter(name)
+        return a.B.flatten(1), a.A.flatten(1)
+
+    def delta_weight(self, name: str | None = None) -> torch.Tensor:
         """ΔW = B @ A * scaling in fp32, shape (out_features, in_features) like nn.Linear."""
-        B, A = self.factors()
-        return (B.float() @ A.float()) * self.scaling  # (out, r) @ (r, in) -> (out, in)
+        a = self.adapter(name)
+        B, A = a.B.flatten(1).float(), a.A.flatten(1).float()
+        return (B @ A) * a.scaling  # (out, r) @ (r, in) -> (out, in)
 
     def _delta_in_weight_layout(self) -> torch.Tensor:
         """ΔW laid out like base_layer.weight (transposed for Conv1D and Embedding)."""
@@ -260,10 +288,9 @@ class LoraConv2d(LoraLayer):
         self.lora_B = factor(nn.Conv2d, cfg.r, b.out_channels, 1, 1, **kw)
         init_factors(self, cfg.init_lora_weights, generator)
 
-    def delta_weight(self) -> torch.Tensor:
+    def delta_weight(self, name: str | None = None) -> torch.Tensor:
         """ΔW in the conv weight's own shape (out, in, kh, kw)."""
-        B, A = self.factors()  # (out, r), (r, in*kh*kw)
-        return ((B.float() @ A.float()) * self.scaling).view_as(self.base_layer.weight)
+        return super().delta_weight(name).view_as(self.base_layer.weight)  # (out, r) @ (r, in*kh*kw), reshaped
 
     def lora_branch(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lora_dropout(x.to(self.lora_A.weight.dtype))

@@ -94,7 +94,7 @@ def loraplus_parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.
             # PEFT's test: the module two names above the parameter is its lora Embedding layer
             embedding.update(id(p) for child in m.children() for p in child.parameters(recurse=False))
         elif isinstance(m, LoraLayer):
-            factors_b.add(id(m.lora_B.weight))
+            factors_b.add(id(m.adapter().B))
     decays = decay_parameter_names(model)
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in LORAPLUS_GROUPS}
     for name, p in model.named_parameters():
@@ -260,15 +260,15 @@ def create_lorafa_optimizer(model: nn.Module, r: int, lora_alpha: float, lr: flo
     _check_non_negative("weight_decay", weight_decay)
     if use_rslora not in (None, True, False):
         reject("use_rslora", use_rslora, "use True, False or None (None: the model's own setting)")
+    adapters = [layer.adapter() for layer in layers]
     for name, value in (("r", r), ("lora_alpha", lora_alpha), ("use_rslora", use_rslora)):
-        held = sorted({getattr(layer, name) for layer in layers})
+        held = sorted({getattr(adapter, name) for adapter in adapters})
         if value is not None and held != [value]:
             reject(name, value, f"the model's LoRA layers have {name} in {held}: pass the model's own value")
-    for layer in layers:
-        layer.lora_A.weight.requires_grad_(False)
+    for adapter in adapters:
+        adapter.A.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    frozen_A = {layer.lora_B.weight: (layer.lora_A.weight, layer.scaling) for layer in layers
-                if layer.lora_B.weight.requires_grad}
+    frozen_A = {a.B: (a.A, a.scaling) for a in adapters if a.B.requires_grad}
     return LoraFAOptimizer(params, lr=lr, weight_decay=weight_decay, frozen_A=frozen_A,
                            projection_dtype=projection_dtype)
 

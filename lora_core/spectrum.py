@@ -22,7 +22,7 @@ from .layers import LoraLayer
 def singular_values(layer: LoraLayer) -> torch.Tensor:
     """The r singular values of the layer's ΔW, largest first, without forming ΔW (fp32, CPU)."""
     B, A = layer.factors()  # (out, r), (r, in)
-    return factor_singular_values(B, A, layer.scaling)
+    return factor_singular_values(B, A, layer.adapter().scaling)
 
 
 def factor_singular_values(B: torch.Tensor, A: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
@@ -207,5 +207,5 @@ def adapter_report(model: torch.nn.Module) -> list[dict]:
         weight = float(w.detach().float().norm())
         rows.append({"layer": name, "delta_norm": delta, "weight_norm": weight,
                      "relative": delta / weight if weight else float("nan"), "singular_values": sv,
-                     "A": layer.lora_A.weight.detach().float().flatten(1).cpu()})
+                     "A": layer.adapter().A.detach().float().flatten(1).cpu()})
     return rows

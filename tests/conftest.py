@@ -123,7 +123,7 @@ def adapter_zip() -> bytes:
                    generator=gen)
     with torch.no_grad():
         for _, layer in lc.lora_layers(model):
-            layer.lora_B.weight.normal_(0, 0.05, generator=gen)
+            layer.adapter().B.normal_(0, 0.05, generator=gen)
     return lc.adapter_zip(model)
 
 

@@ -41,7 +41,7 @@ def _outputs_and_grads(layer: LoraLayer, x: torch.Tensor, seed: int = 1):
         y = layer(x)
     (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
     w = layer.base_layer.weight
-    return y.detach(), x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad, layer.base_layer.bias.grad, w.grad
+    return y.detach(), x.grad, layer.adapter().A.grad, layer.adapter().B.grad, layer.base_layer.bias.grad, w.grad
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -50,7 +50,7 @@ def _outputs_and_grads(layer: LoraLayer, x: torch.Tensor, seed: int = 1):
 @pytest.mark.parametrize("p", [0.0, 0.3], ids=["no-dropout", "dropout-0.3"])
 def test_fast_paths_equal_the_plain_formula_with_gradients_fp64(path, make, shape, p):
     fast, plain = _pair(make(), path, lora_dropout=p, train_weight=shape == (4, 7))
-    assert fast.scaling == 5 / 3  # not a power of two: a misplaced scale would show
+    assert fast.adapter().scaling == 5 / 3  # not a power of two: a misplaced scale would show
     x = torch.randn(*shape, dtype=torch.float64)
     got, want = _outputs_and_grads(fast, x), _outputs_and_grads(plain, x)
     for g, w in zip(got, want, strict=True):
@@ -86,7 +86,7 @@ def test_the_one_node_path_waits_for_enough_tokens(monkeypatch):
 @pytest.mark.parametrize("path", PATHS)
 def test_fast_paths_pass_gradcheck(path):
     fast, _ = _pair(Conv1D(5, 7), path)
-    A, B, bias = fast.lora_A.weight, fast.lora_B.weight, fast.base_layer.bias
+    A, B, bias = fast.adapter().A, fast.adapter().B, fast.base_layer.bias
     x = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, A, B, bias: fast(x), (x, A, B, bias))
 
@@ -94,7 +94,7 @@ def test_fast_paths_pass_gradcheck(path):
 @pytest.mark.parametrize("path", PATHS)
 def test_fast_paths_with_a_bf16_base_add_in_fp32_like_the_plain_formula(path):
     fast, plain = _pair(nn.Linear(16, 12), path, dtype=torch.bfloat16)
-    assert fast.lora_A.weight.dtype == torch.float32  # factors train in fp32, as in PEFT
+    assert fast.adapter().A.dtype == torch.float32  # factors train in fp32, as in PEFT
     x = torch.randn(4, 16, dtype=torch.bfloat16)
     got, want = _outputs_and_grads(fast, x), _outputs_and_grads(plain, x)
     assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.bfloat16

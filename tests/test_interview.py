@@ -67,7 +67,7 @@ def test_layer_answers_match_the_shapes_of_a_real_layer(seed):
     layer = next(m for n, m in lc.build_on_meta(p["model"]).named_modules() if re.fullmatch(pattern, n))
     assert layer.weight.numel() == p["in_features"] * p["out_features"]
     wrapped = lc.layers.make_lora_layer(layer, lc.LoraConfig(r=p["r"]), "layer")   # on the meta device
-    assert q.expected == wrapped.lora_A.weight.numel() + wrapped.lora_B.weight.numel()
+    assert q.expected == wrapped.adapter().A.numel() + wrapped.adapter().B.numel()
 
     share = quiz.make_question("percent_of_weight", seed)
     i, o, r = (share.params[k] for k in ("in_features", "out_features", "r"))

@@ -37,13 +37,14 @@ def plant_llama_intruders(model) -> None:
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for _, layer in lc.lora_layers(model):
+            a = layer.adapter()
             W = weight_out_in(layer)                                   # (out, in)
             U, _, _ = torch.linalg.svd(W, full_matrices=False)          # (out, out): W is wide or square here
-            B_dirs = U @ hadamard(U.shape[1])[1:layer.r + 1].T           # (out, r), |cos| = 1/√out with every u_j
-            A_dirs, _ = torch.linalg.qr(torch.randn(W.shape[1], layer.r, generator=gen))  # (in, r)
-            root = (torch.tensor(PLANTED) / layer.scaling).sqrt()
-            layer.lora_B.weight.copy_(B_dirs * root)
-            layer.lora_A.weight.copy_(root[:, None] * A_dirs.T)
+            B_dirs = U @ hadamard(U.shape[1])[1:a.r + 1].T               # (out, r), |cos| = 1/√out with every u_j
+            A_dirs, _ = torch.linalg.qr(torch.randn(W.shape[1], a.r, generator=gen))  # (in, r)
+            root = (torch.tensor(PLANTED) / a.scaling).sqrt()
+            a.B.copy_(B_dirs * root)
+            a.A.copy_(root[:, None] * A_dirs.T)
 
 
 def plant_gpt2_intruders(model) -> None:
@@ -51,13 +52,14 @@ def plant_gpt2_intruders(model) -> None:
     over W's right singular vectors, so the planted directions are intruders in either layout."""
     with torch.no_grad():
         for _, layer in lc.lora_layers(model):
+            a = layer.adapter()
             W = weight_out_in(layer)                                   # (96, 32)
             U, _, Vh = torch.linalg.svd(W, full_matrices=True)
-            B_dirs = U[:, W.shape[1]:W.shape[1] + layer.r]             # (out, r), orthogonal to W's columns
-            A_dirs = hadamard(W.shape[1])[1:layer.r + 1] @ Vh           # (r, in)
-            root = (torch.tensor(PLANTED) / layer.scaling).sqrt()
-            layer.lora_B.weight.copy_(B_dirs * root)
-            layer.lora_A.weight.copy_(root[:, None] * A_dirs)
+            B_dirs = U[:, W.shape[1]:W.shape[1] + a.r]                 # (out, r), orthogonal to W's columns
+            A_dirs = hadamard(W.shape[1])[1:a.r + 1] @ Vh               # (r, in)
+            root = (torch.tensor(PLANTED) / a.scaling).sqrt()
+            a.B.copy_(B_dirs * root)
+            a.A.copy_(root[:, None] * A_dirs)
 
 
 def ours_and_peft(make, kw, plant):
@@ -147,7 +149,7 @@ def test_reduce_matches_peft_on_llama(mitigation_lambda):
         theirs_delta = m.lora_B["intruder_reduced"].weight @ m.lora_A["intruder_reduced"].weight * m.scaling["default"]
         # W + ΔW - W in fp32 loses ~1e-7 of W + ΔW's size: the tolerance follows that scale
         torch.testing.assert_close(layer.delta_weight(), theirs_delta, rtol=0, atol=1e-5 * scale[name])
-        assert layer.lora_B.weight.shape == m.lora_B["intruder_reduced"].weight.shape
+        assert layer.adapter().B.shape == m.lora_B["intruder_reduced"].weight.shape
     with torch.no_grad():
         ours_logits, theirs_logits = ours(tokens()).logits, theirs(tokens()).logits
     torch.testing.assert_close(ours_logits, theirs_logits, rtol=0,
@@ -178,12 +180,12 @@ def test_no_intruders_leaves_the_factors_as_they_were():
     lc.inject_lora(model, lc.LoraConfig(init_lora_weights=False, **LLAMA), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for _, layer in lc.lora_layers(model):
-            layer.lora_B.weight.mul_(1e-3)  # a tiny update: W's directions survive it
-    before = {n: (layer.lora_B.weight.clone(), layer.lora_A.weight.clone()) for n, layer in lc.lora_layers(model)}
+            layer.adapter().B.mul_(1e-3)  # a tiny update: W's directions survive it
+    before = {n: (layer.adapter().B.clone(), layer.adapter().A.clone()) for n, layer in lc.lora_layers(model)}
     reports = lc.reduce_intruder_dimension(model, mitigation_lambda=0.0)
     assert all(r.intruders == [] for r in reports.values()), reports
     for name, layer in lc.lora_layers(model):
-        assert torch.equal(layer.lora_B.weight, before[name][0]) and torch.equal(layer.lora_A.weight, before[name][1])
+        assert torch.equal(layer.adapter().B, before[name][0]) and torch.equal(layer.adapter().A, before[name][1])
 
 
 # --- what is refused ------------------------------------------------------------------------------------------------
@@ -212,13 +214,13 @@ def test_a_model_without_lora_is_refused():
 # --- GPT-2's Conv1D: where we part from PEFT ----------------------------------------------------------------------
 def test_conv1d_reduce_works_in_out_in_keeps_shapes_and_runs():
     ours, _ = ours_and_peft(tiny_gpt2, GPT2, plant_gpt2_intruders)
-    shapes = {n: (layer.lora_B.weight.shape, layer.lora_A.weight.shape) for n, layer in lc.lora_layers(ours)}
+    shapes = {n: (layer.adapter().B.shape, layer.adapter().A.shape) for n, layer in lc.lora_layers(ours)}
     before = {n: torch.linalg.svdvals(weight_out_in(layer) + layer.delta_weight())[:4]
               for n, layer in lc.lora_layers(ours)}
     reports = lc.reduce_intruder_dimension(ours, mitigation_lambda=0.5)
     assert all(r.intruders[:4] == [0, 1, 2, 3] for r in reports.values()), reports
     for name, layer in lc.lora_layers(ours):
-        assert (layer.lora_B.weight.shape, layer.lora_A.weight.shape) == shapes[name] == ((96, 4), (4, 32))
+        assert (layer.adapter().B.shape, layer.adapter().A.shape) == shapes[name] == ((96, 4), (4, 32))
         after = torch.linalg.svdvals(weight_out_in(layer) + layer.delta_weight())[:4]
         torch.testing.assert_close(after, 0.5 * before[name], rtol=1e-3, atol=0)
     with torch.no_grad():

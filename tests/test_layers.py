@@ -17,8 +17,8 @@ def test_fresh_adapter_changes_nothing(tiny_model, tokens):
     with torch.no_grad():
         torch.testing.assert_close(tiny_model(tokens).logits, base(tokens).logits)
     for _, layer in lc.lora_layers(tiny_model):
-        assert float(layer.lora_B.weight.detach().abs().sum()) == 0.0          # B = 0 ...
-        assert float(layer.lora_A.weight.detach().abs().sum()) > 0.0           # ... A random
+        assert float(layer.adapter().B.detach().abs().sum()) == 0.0          # B = 0 ...
+        assert float(layer.adapter().A.detach().abs().sum()) > 0.0           # ... A random
         assert float(layer.delta_weight().detach().abs().sum()) == 0.0
 
 
@@ -27,7 +27,7 @@ def test_forward_is_base_plus_scaled_branch():
     base = nn.Linear(16, 12)
     layer = lc.LoraLinear(copy.deepcopy(base), lc.LoraConfig(r=3, lora_alpha=6, init_lora_weights=False))
     x = torch.randn(5, 16)
-    A, B = layer.lora_A.weight, layer.lora_B.weight
+    A, B = layer.adapter().A, layer.adapter().B
     expected = base(x) + (x @ A.T @ B.T) * 2.0  # (5,16)@(16,3)@(3,12), scaling 6/3
     torch.testing.assert_close(layer(x), expected)
     torch.testing.assert_close(layer.delta_weight(), B @ A * 2.0)
@@ -58,13 +58,13 @@ def test_dropout_hits_only_the_lora_input_and_only_in_train_mode():
     layer.lora_A.register_forward_hook(lambda m, i, o: seen.__setitem__("lora_in", i[0].detach().clone()))
     layer.base_layer.register_forward_hook(lambda m, i, o: seen.__setitem__("base_in", i[0].detach().clone()))
     x = torch.randn(8, 64) + 3.0  # no exact zeros in x itself
-    A0, B0 = layer.lora_A.weight.detach().clone(), layer.lora_B.weight.detach().clone()
+    A0, B0 = layer.adapter().A.detach().clone(), layer.adapter().B.detach().clone()
     layer.train()
     layer(x)
     zero_share = float((seen["lora_in"] == 0).float().mean())
     assert 0.35 < zero_share < 0.65                               # ~p of the branch input is zeroed
     torch.testing.assert_close(seen["base_in"], x)                # the frozen path sees all of x
-    assert torch.equal(layer.lora_A.weight, A0) and torch.equal(layer.lora_B.weight, B0)  # not A or B
+    assert torch.equal(layer.adapter().A, A0) and torch.equal(layer.adapter().B, B0)  # not A or B
     layer.eval()
     layer(x)
     torch.testing.assert_close(seen["lora_in"], x)                # eval: no dropout at all
@@ -79,13 +79,13 @@ def test_init_variants():
     torch.manual_seed(0)
     base = nn.Linear(64, 32)
     gauss = lc.LoraLinear(copy.deepcopy(base), lc.LoraConfig(r=4, init_lora_weights="gaussian"))
-    assert float(gauss.lora_B.weight.abs().sum()) == 0
-    assert abs(float(gauss.lora_A.weight.std()) - 1 / 4) < 0.05  # PEFT: normal, std 1/r
+    assert float(gauss.adapter().B.abs().sum()) == 0
+    assert abs(float(gauss.adapter().A.std()) - 1 / 4) < 0.05  # PEFT: normal, std 1/r
     kaiming = lc.LoraLinear(copy.deepcopy(base), lc.LoraConfig(r=4))
     bound = 1 / 64 ** 0.5                                         # kaiming_uniform(a=√5): U(±1/√fan_in)
-    assert float(kaiming.lora_A.weight.abs().max()) <= bound
+    assert float(kaiming.adapter().A.abs().max()) <= bound
     both = lc.LoraLinear(copy.deepcopy(base), lc.LoraConfig(r=4, init_lora_weights=False))
-    assert float(both.lora_B.weight.abs().sum()) > 0
+    assert float(both.adapter().B.abs().sum()) > 0
 
 
 def test_pissa_moves_top_r_svd_into_the_adapter_and_keeps_the_output(tokens):
@@ -137,7 +137,7 @@ def test_bf16_merge_is_computed_in_fp32():
     torch.manual_seed(0)
     base = nn.Linear(64, 64).to(torch.bfloat16)
     layer = lc.LoraLinear(base, lc.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
-    assert layer.lora_A.weight.dtype == torch.float32             # adapters train in fp32
+    assert layer.adapter().A.dtype == torch.float32             # adapters train in fp32
     exact = (base.weight.float() + layer.delta_weight()).to(torch.bfloat16)
     layer.merge()
     assert torch.equal(layer.base_layer.weight, exact)
@@ -262,12 +262,12 @@ def test_a_generator_gives_the_init_each_mode_promises():
     lc.inject_lora(model, lc.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
                    generator=torch.Generator().manual_seed(0))
     _, layer = lc.lora_layers(model)[0]
-    A, B = layer.lora_A.weight, layer.lora_B.weight                 # nn.Linear's Kaiming: |w| <= 1/sqrt(fan_in)
+    A, B = layer.adapter().A, layer.adapter().B                 # nn.Linear's Kaiming: |w| <= 1/sqrt(fan_in)
     assert 0 < float(A.abs().max()) <= 32 ** -0.5 and 0 < float(B.abs().max()) <= 4 ** -0.5
     emb = tiny_gpt2()
     lc.inject_lora(emb, lc.LoraConfig(r=4, target_modules=["wte"]), generator=torch.Generator().manual_seed(0))
     _, layer = lc.lora_layers(emb)[0]
-    assert float(layer.lora_A.weight.abs().sum()) == 0 and float(layer.lora_B.weight.std()) > 0.5  # A 0, B N(0, 1)
+    assert float(layer.adapter().A.abs().sum()) == 0 and float(layer.adapter().B.std()) > 0.5  # A 0, B N(0, 1)
     pissa = [_factors(tiny_gpt2, ["c_attn"], "pissa", seed) for seed in (0, 1)]  # an SVD: nothing random
     assert all(torch.equal(t, pissa[1][n]) for n, t in pissa[0].items())
 
@@ -276,4 +276,4 @@ def test_a_generator_fills_float64_factors_through_a_cpu_draw():
     model = tiny_llama().to(torch.float64)
     lc.inject_lora(model, lc.LoraConfig(r=2, target_modules=["q_proj"]), generator=torch.Generator().manual_seed(0))
     _, layer = lc.lora_layers(model)[0]
-    assert layer.lora_A.weight.dtype == torch.float64 and float(layer.lora_A.weight.abs().sum()) > 0
+    assert layer.adapter().A.dtype == torch.float64 and float(layer.adapter().A.abs().sum()) > 0

@@ -77,11 +77,11 @@ def test_stop_keeps_the_adapter_and_divergence_is_reported(setup):
     wild.advance(seconds=0.0)
     _, layer = lc.lora_layers(wild.model)[0]
     with torch.no_grad():
-        layer.lora_B.weight.fill_(float("inf"))  # what a runaway learning rate ends in
+        layer.adapter().B.fill_(float("inf"))  # what a runaway learning rate ends in
     while wild.status == "running":
         wild.advance(seconds=0.0)
     assert wild.status == "diverged" and "restored" in wild.message and wild.step == 1
-    assert torch.isfinite(layer.lora_B.weight).all()                 # the last good adapter is back
+    assert torch.isfinite(layer.adapter().B).all()                 # the last good adapter is back
 
 
 def test_merge_report_and_zip_export_round_trip_through_peft(setup, tmp_path):
@@ -124,11 +124,11 @@ def test_a_diverged_run_is_measured_like_a_stopped_one():
     run.advance(seconds=0.0)
     _, layer = lc.lora_layers(run.model)[0]
     with torch.no_grad():
-        layer.lora_B.weight.fill_(float("inf"))                  # what a runaway learning rate ends in
+        layer.adapter().B.fill_(float("inf"))                  # what a runaway learning rate ends in
     run.advance(seconds=0.0)
     assert run.status == "diverged" and "restored" in run.message
     assert {"ppl_general", "bleu", "heldout_loss"} <= set(run.after)  # the page's results section needs these
-    assert torch.isfinite(layer.lora_B.weight).all()
+    assert torch.isfinite(layer.adapter().B).all()
 
 
 def _adapter(run) -> dict[str, torch.Tensor]:
@@ -229,7 +229,7 @@ def test_a_diverged_runs_message_speaks_to_a_learner_not_a_script(setup):
     wild = _start(setup, steps=4)
     layer = lc.lora_layers(wild.model)[0][1]
     with torch.no_grad():
-        layer.lora_B.weight.fill_(float("inf"))
+        layer.adapter().B.fill_(float("inf"))
     while wild.status == "running":
         wild.advance(seconds=0.0)
     assert wild.message.startswith("Training diverged: the loss became nan at step 1 (learning rate")

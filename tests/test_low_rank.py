@@ -20,7 +20,7 @@ def test_adapters_on_a_real_weight_leave_the_global_rng_alone():
     assert list(first["nonzero"]) == ["random adapter (init=False)"]    # a zero ΔW has no spectrum to draw
     layer = low_rank.adapter_on(W, lc.LoraConfig(r=4, init_lora_weights=False), torch.Generator().manual_seed(0))
     assert layer.base_layer.weight.data_ptr() == W.data_ptr()           # W shared, not copied
-    assert layer.lora_A.weight.abs().max() <= 1 / 32 ** 0.5             # Kaiming-uniform(a=√5): bound 1/√in
+    assert layer.adapter().A.abs().max() <= 1 / 32 ** 0.5             # Kaiming-uniform(a=√5): bound 1/√in
     with pytest.raises(ValueError, match="init_lora_weights='pissa' is not allowed here"):
         low_rank.adapter_on(W, lc.LoraConfig(r=4, init_lora_weights="pissa"), torch.Generator())
 

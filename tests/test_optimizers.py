@@ -207,10 +207,10 @@ def test_lorafa_freezes_every_A_and_trains_the_rest():
     ours, _ = build_pair(make, kw)
     optimizer = create_lorafa_optimizer(ours, 4, 8, lr=1e-3)
     # by module type, the embedding's A too (PEFT's name test, "lora_A" in name, misses lora_embedding_A)
-    assert all(not layer.lora_A.weight.requires_grad for _, layer in lc.lora_layers(ours))
+    assert all(not layer.adapter().A.requires_grad for _, layer in lc.lora_layers(ours))
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert trained == {id(p) for p in ours.parameters() if p.requires_grad}
-    assert {id(b) for b in optimizer.frozen_A} == {id(layer.lora_B.weight) for _, layer in lc.lora_layers(ours)}
+    assert {id(b) for b in optimizer.frozen_A} == {id(layer.adapter().B) for _, layer in lc.lora_layers(ours)}
     assert optimizer.defaults | dict(lr=0) == dict(lr=0, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
                                                    correct_bias=True)
 
@@ -243,7 +243,7 @@ def test_lorafa_closure_runs_with_autograd_on():
         loss.backward()
         return loss
 
-    B = lc.lora_layers(model)[0][1].lora_B.weight
+    B = lc.lora_layers(model)[0][1].adapter().B
     before = B.detach().clone()
     assert torch.isfinite(optimizer.step(closure))
     assert (B - before).abs().max() > 1e-3
@@ -254,7 +254,7 @@ def test_lorafa_skips_a_B_without_gradient():
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
     lc.inject_lora(model, lc.LoraConfig(r=2, lora_alpha=4, target_modules=["0", "1"], init_lora_weights=False))
     optimizer = create_lorafa_optimizer(model, 2, 4, lr=1e-2)
-    used, unused = (model[i].lora_B.weight for i in (0, 1))
+    used, unused = (model[i].adapter().B for i in (0, 1))
     before = unused.detach().clone(), used.detach().clone()
     model[0](torch.randn(3, 8)).sum().backward()  # only layer 0 runs
     optimizer.step()
@@ -269,7 +269,7 @@ def test_lorafa_rejects_bad_values_naming_the_field(field, args):
     lc.inject_lora(model, lc.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"]))
     with pytest.raises(ValueError, match=rf"^{field}="):
         create_lorafa_optimizer(model, **dict(r=2, lora_alpha=4, lr=1e-3) | args)
-    assert all(layer.lora_A.weight.requires_grad for _, layer in lc.lora_layers(model))  # nothing changed
+    assert all(layer.adapter().A.requires_grad for _, layer in lc.lora_layers(model))  # nothing changed
 
 
 def test_lorafa_refuses_a_model_without_lora_and_a_bad_pairing():
@@ -306,11 +306,11 @@ def test_lorafa_activation_savings_is_what_autograd_stops_keeping(path, base_dty
     layer.forward_path = path
     x = torch.randn(batch, seq, in_f, dtype=base_dtype, requires_grad=True)
     with_A = saved_bytes(layer, x)
-    layer.lora_A.weight.requires_grad_(False)
+    layer.adapter().A.requires_grad_(False)
     frozen_A = saved_bytes(layer, x)
     # The plain and addmm paths keep x upcast to the factors' dtype (fp32 over a bf16 base); the one-node path
     # keeps x in the base's dtype and recasts it in the backward. That copy is what goes.
-    kept = base_dtype if path == "one-node" else layer.lora_A.weight.dtype
+    kept = base_dtype if path == "one-node" else layer.adapter().A.dtype
     assert with_A - frozen_A == lorafa_activation_savings(batch, seq, in_f, kept) == batch * seq * in_f * kept.itemsize
 
 

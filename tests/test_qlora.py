@@ -81,7 +81,7 @@ def test_lora_on_an_nf4_base_never_rebuilds_its_weight(monkeypatch, tokens):
     assert rebuilt == [] and len(names) == 8
     assert {row.weight_params for row in book.rows} == {32 * 96, 32 * 32, 32 * 128}
     for _, layer in lc.lora_layers(q):                              # device and dtype came for free
-        assert layer.lora_A.weight.dtype == torch.float32 and layer.lora_A.weight.device.type == "cpu"
+        assert layer.adapter().A.dtype == torch.float32 and layer.adapter().A.device.type == "cpu"
         assert not layer.fan_in_fan_out                             # NF4 stores W as (out, in)
     with torch.no_grad():
         q(tokens)

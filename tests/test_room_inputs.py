@@ -171,19 +171,19 @@ def test_adapter_report_never_raises_a_linalg_error_on_finite_factors():
     plain = lc.spectrum.adapter_report(model)
     layer = lc.lora_layers(model)[0][1]
     with torch.no_grad():
-        layer.lora_A.weight.mul_(1e30)   # QR's column norms would square to 1e60: inf in float32
+        layer.adapter().A.mul_(1e30)   # QR's column norms would square to 1e60: inf in float32
     huge = lc.spectrum.adapter_report(model)
     torch.testing.assert_close(huge[0]["singular_values"].double(), plain[0]["singular_values"].double() * 1e30,
                                rtol=1e-5, atol=0)
     assert math.isfinite(huge[0]["delta_norm"]) and huge[0]["weight_norm"] == plain[0]["weight_norm"]
     assert torch.equal(huge[1]["singular_values"], plain[1]["singular_values"])  # the other layer as it was
     with torch.no_grad():
-        layer.lora_B.weight.mul_(1e30)   # finite factors, but σ(ΔW) ≈ 1e60 is beyond float32
+        layer.adapter().B.mul_(1e30)   # finite factors, but σ(ΔW) ≈ 1e60 is beyond float32
     with pytest.raises(ValueError, match=r"LoRA layer 'transformer\.h\.0\.attn\.c_attn': σ\(ΔW\) reaches .* beyond "
                                          r"float32's largest number"):
         lc.spectrum.adapter_report(model)
     with torch.no_grad():
-        layer.lora_B.weight.fill_(float("nan"))
+        layer.adapter().B.fill_(float("nan"))
     with pytest.raises(ValueError, match=r"LoRA layer 'transformer\.h\.0\.attn\.c_attn': lora_B holds NaN or inf"):
         lc.spectrum.adapter_report(model)
 

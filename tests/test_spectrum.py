@@ -34,7 +34,7 @@ def test_fresh_adapter_has_an_all_zero_spectrum():
 def test_rank_one_update_has_rank_one():
     layer = _layer(nn.Linear(32, 48), r=4)
     with torch.no_grad():
-        layer.lora_B.weight.copy_(torch.randn(48, 1) @ torch.randn(1, 4))
+        layer.adapter().B.copy_(torch.randn(48, 1) @ torch.randn(1, 4))
     sv = lc.singular_values(layer)
     assert lc.spectrum.numerical_rank(sv) == 1
     assert lc.effective_rank(sv) == pytest.approx(1.0, abs=1e-3)

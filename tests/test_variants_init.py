@@ -28,8 +28,8 @@ def test_olora_equals_peft_on_linear_layers():
                    if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
     for name, layer in lc.lora_layers(ours):
         ref = peft_layers[name]
-        torch.testing.assert_close(layer.lora_A.weight, ref.lora_A["default"].weight, rtol=0, atol=1e-6)
-        torch.testing.assert_close(layer.lora_B.weight, ref.lora_B["default"].weight, rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.adapter().A, ref.lora_A["default"].weight, rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.adapter().B, ref.lora_B["default"].weight, rtol=0, atol=1e-6)
         torch.testing.assert_close(layer.base_layer.weight, ref.base_layer.weight, rtol=0, atol=1e-6)
     torch.testing.assert_close(ours(TOKENS).logits, peft_model(TOKENS).logits, rtol=0, atol=1e-5)
 
@@ -42,7 +42,7 @@ def test_olora_starts_at_the_base_and_has_an_orthonormal_b():
     lc.inject_lora(model, lc.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj"], init_lora_weights="olora"))
     layer = model.model.layers[0].self_attn.q_proj
     torch.testing.assert_close(model(TOKENS).logits.detach(), base_logits, rtol=1e-5, atol=1e-5)
-    B = layer.lora_B.weight.detach()
+    B = layer.adapter().B.detach()
     torch.testing.assert_close(B.T @ B, torch.eye(4), rtol=0, atol=1e-5)  # Q's columns
     torch.testing.assert_close(layer.base_layer.weight + layer.delta_weight(), kept, rtol=0, atol=1e-5)
     assert torch.equal(original, kept)  # the residual is a new tensor: a shared base is not written
@@ -55,7 +55,7 @@ def test_olora_on_conv1d_is_right_here_and_transposed_in_peft():
     lc.inject_lora(ours, lc.LoraConfig(init_lora_weights="olora", **kw))
     torch.testing.assert_close(ours(TOKENS).logits, base_logits, rtol=1e-5, atol=1e-5)
     c_attn = ours.transformer.h[0].attn.c_attn
-    assert tuple(c_attn.lora_B.weight.shape) == (96, 4) and tuple(c_attn.lora_A.weight.shape) == (4, 32)
+    assert tuple(c_attn.adapter().B.shape) == (96, 4) and tuple(c_attn.adapter().A.shape) == (4, 32)
 
     peft_model = _peft(theirs, fan_in_fan_out=True, **kw)
     ref = peft_model.base_model.model.transformer.h[0].attn.c_attn

@@ -39,7 +39,7 @@ TRAP_CASES = (
 
 def _lora_b_grads(model: torch.nn.Module) -> tuple[int, int, float]:
     """(lora_B weights with a gradient, lora_B weights, the gradients' total L2 norm)."""
-    bs = [layer.lora_B.weight for _, layer in lora_layers(model)]
+    bs = [layer.adapter().B for _, layer in lora_layers(model)]
     grads = [b.grad for b in bs if b.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])).item() if grads else 0.0
     return len(grads), len(bs), norm

@@ -232,8 +232,9 @@ class Lab:
         with torch.no_grad():
             for name, layer in lora_layers(model):
                 B, A = run.factors[name]
-                layer.lora_B.weight.copy_(B.view_as(layer.lora_B.weight))
-                layer.lora_A.weight.copy_(A.view_as(layer.lora_A.weight))
+                adapter = layer.adapter()
+                adapter.B.copy_(B.view_as(adapter.B))
+                adapter.A.copy_(A.view_as(adapter.A))
         return model
 
     @property
@@ -253,7 +254,7 @@ class Lab:
             for name, layer in lora_layers(model):
                 B, A = (f.detach().float().cpu().clone() for f in layer.factors())
                 factors[name] = (B, A)
-                deltas[name] = (B @ A) * layer.scaling        # (out, r) @ (r, in) -> (out, in)
+                deltas[name] = (B @ A) * layer.adapter().scaling        # (out, r) @ (r, in) -> (out, in)
             return deltas, factors
         base = self._modules
         for name, module in model.named_modules():

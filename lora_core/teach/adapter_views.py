@@ -14,6 +14,7 @@ import torch.nn as nn
 from transformers import PreTrainedTokenizerBase
 
 from ..counting import ledger_of
+from ..inject import adapter_config
 from ..merging import disable_lora
 from ..serve.uploads import load_adapter_zip
 from ..sharing import shared_base_copy
@@ -32,7 +33,7 @@ def load_adapter_upload(base: nn.Module, data: bytes, model_name: str, max_bytes
     Returns the adapted model (in eval mode), its config, its ledger and its per-layer spectrum report.
     """
     adapted = load_adapter_zip(shared_base_copy(base), data, max_bytes, max_r, source).eval()
-    return {"model": adapted, "config": adapted.lora_config, "ledger": ledger_of(adapted, model_name),
+    return {"model": adapted, "config": adapter_config(adapted), "ledger": ledger_of(adapted, model_name),
             "report": adapter_report(adapted)}
 
 

@@ -136,7 +136,7 @@ def trace_dropout(in_features: int = 64, out_features: int = 64, r: int = 4, p: 
     if isinstance(layer.lora_dropout, nn.Dropout):
         layer.lora_dropout = GeneratorDropout(layer.lora_dropout.p, gen)
     layer.train(train)
-    A0, B0 = layer.lora_A.weight.detach().clone(), layer.lora_B.weight.detach().clone()
+    A0, B0 = layer.adapter().A.detach().clone(), layer.adapter().B.detach().clone()
     seen: dict[str, torch.Tensor] = {}
     hooks = [layer.base_layer.register_forward_pre_hook(lambda m, a: seen.update(base_in=a[0].detach())),
              layer.lora_A.register_forward_pre_hook(lambda m, a: seen.update(branch_in=a[0].detach()))]
@@ -147,7 +147,7 @@ def trace_dropout(in_features: int = 64, out_features: int = 64, r: int = 4, p: 
     finally:
         for h in hooks:
             h.remove()
-    A, B = layer.lora_A.weight.detach(), layer.lora_B.weight.detach()
+    A, B = layer.adapter().A.detach(), layer.adapter().B.detach()
     branch_in, base_in = seen["branch_in"], seen["base_in"]
     kept = branch_in != 0
     zeros = lambda t: (t == 0).float().mean().item()
@@ -230,7 +230,7 @@ def init_gallery(layer: nn.Module, r: int = 8, lora_alpha: float = 16, seed: int
         if mode == "pissa":
             residual = W_now
         rows.append({"init": label, "mode": mode,
-                     "A_norm": lora.lora_A.weight.norm().item(), "B_norm": lora.lora_B.weight.norm().item(),
+                     "A_norm": lora.adapter().A.norm().item(), "B_norm": lora.adapter().B.norm().item(),
                      "delta_norm": delta.norm().item(), "max_abs_output_change": (out - base_out).abs().max().item(),
                      "W_norm": W.norm().item(), "base_weight_norm": W_now.norm().item(),
                      "base_rewritten": not torch.equal(W_now, W),
@@ -251,7 +251,8 @@ def compare_notations(in_features: int, out_features: int, r: int, lora_alpha: f
     cfg = LoraConfig(r=r, lora_alpha=lora_alpha, init_lora_weights=False)
     layer = make_lora_layer(linear(in_features, out_features, gen), cfg, "layer", generator=gen).eval()
     x = torch.randn(in_features, generator=gen)
-    A, B = layer.lora_A.weight.detach(), layer.lora_B.weight.detach()
+    adapter = layer.adapter()
+    A, B, scaling = adapter.A.detach(), adapter.B.detach(), adapter.scaling
     try:
         _ = A @ B @ x  # (r, in) @ (out, r) @ (in,): PEFT's A and B in the seed's order
         literal_error = None
@@ -259,12 +260,12 @@ def compare_notations(in_features: int, out_features: int, r: int, lora_alpha: f
         literal_error = str(err)
     with torch.no_grad():
         branch = layer.lora_branch(x)       # what the layer adds: (out,)
-    peft_form = layer.scaling * (B @ (A @ x))    # (out, r) @ ((r, in) @ (in,)) -> (out,)
+    peft_form = scaling * (B @ (A @ x))      # (out, r) @ ((r, in) @ (in,)) -> (out,)
     unscaled = B @ A @ x                     # the seed's formula with its letters swapped
     return {"A_shape": tuple(A.shape), "B_shape": tuple(B.shape), "x_shape": tuple(x.shape),
             "delta_shape": tuple(layer.delta_weight().shape), "literal_error": literal_error,
             "peft_max_abs_diff": (branch - peft_form).abs().max().item(),
-            "scaling": layer.scaling, "branch_over_unscaled": (branch.norm() / unscaled.norm()).item()}
+            "scaling": scaling, "branch_over_unscaled": (branch.norm() / unscaled.norm()).item()}
 
 
 def added_not_selected(model: str, cfg: LoraConfig) -> dict:

@@ -146,7 +146,7 @@ def init_stats(in_features: int = 768, out_features: int = 768, r: int = 8, seed
         g = generator(seed)  # the same base layer for both modes
         base = linear(in_features, out_features, g)
         layer = make_lora_layer(base, LoraConfig(r=r, init_lora_weights=mode), "layer", generator=g)
-        A, B = layer.lora_A.weight.detach(), layer.lora_B.weight.detach()
+        A, B = layer.adapter().A.detach(), layer.adapter().B.detach()
         with torch.no_grad():
             change = (layer(x) - base(x)).abs().max().item()
         label = "True (PEFT default)" if mode is True else "'gaussian'"
@@ -173,10 +173,10 @@ def zero_init_gradients(in_features: int = 32, out_features: int = 32, r: int = 
         layer = make_lora_layer(linear(in_features, out_features, g), LoraConfig(r=r), "layer", generator=g)
         if zero_a:
             with torch.no_grad():
-                layer.lora_A.weight.zero_()
+                layer.adapter().A.zero_()
         (layer(x) - y).square().mean().backward()
-        rows.append({"init": label, "‖∂L/∂A‖": layer.lora_A.weight.grad.norm().item(),
-                     "‖∂L/∂B‖": layer.lora_B.weight.grad.norm().item()})
+        rows.append({"init": label, "‖∂L/∂A‖": layer.adapter().A.grad.norm().item(),
+                     "‖∂L/∂B‖": layer.adapter().B.grad.norm().item()})
     return rows
 
 
@@ -192,7 +192,7 @@ def conv1d_facts(r: int = 8) -> dict:
         lora = make_lora_layer(layer, LoraConfig(r=r), name)  # on the meta device: shapes only
         rows.append({"layer": name, "weight shape": tuple(layer.weight.shape), "in→out":
                      f"{lora.in_features}→{lora.out_features}", "fan_in_fan_out": lora.fan_in_fan_out,
-                     "A": tuple(lora.lora_A.weight.shape), "B": tuple(lora.lora_B.weight.shape)})
+                     "A": tuple(lora.adapter().A.shape), "B": tuple(lora.adapter().B.shape)})
     return {"rows": rows}
 
 

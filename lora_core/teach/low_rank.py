@@ -80,11 +80,12 @@ def adapter_on(W: torch.Tensor, cfg: LoraConfig, generator: torch.Generator) -> 
     layer.lora_B.to_empty(device=W.device)
     base.weight = nn.Parameter(W, requires_grad=False)
     with torch.no_grad():
-        nn.init.kaiming_uniform_(layer.lora_A.weight, a=math.sqrt(5), generator=generator)
+        A, B = layer.adapter().A, layer.adapter().B
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
         if cfg.init_lora_weights:
-            layer.lora_B.weight.zero_()
+            B.zero_()
         else:
-            nn.init.kaiming_uniform_(layer.lora_B.weight, a=math.sqrt(5), generator=generator)
+            nn.init.kaiming_uniform_(B, a=math.sqrt(5), generator=generator)
     return layer
 
 
@@ -128,7 +129,7 @@ def trained_pair(r_small: int = 8, r_large: int = 64, steps: int = 300, top: int
     """
     runs = {r: toy.train_toy(toy.ToyConfig(r=r, lora_alpha=2 * r, lr=2e-3, steps=steps)) for r in (r_small, r_large)}
     small, large = runs[r_small], runs[r_large]
-    phi = subspace_similarity(small.layer.lora_A.weight.detach(), large.layer.lora_A.weight.detach())
+    phi = subspace_similarity(small.layer.adapter().A.detach(), large.layer.adapter().A.detach())
     phi_delta = subspace_similarity(small.layer.delta_weight().detach(), large.layer.delta_weight().detach())
     true_rank = small.config.true_rank
     return {

@@ -39,7 +39,7 @@ def qlora_recipe() -> dict:
 def toy_curves(r: int, alpha: float, rslora: bool, lr: float, steps: int) -> dict:
     """One toy run: expected loss and ‖ΔW‖_F per step, its scale, and the loss it started from."""
     out = toy.train_toy(toy.ToyConfig(r=r, lora_alpha=alpha, use_rslora=rslora, lr=lr, steps=steps))
-    return {"loss": out.losses, "norm": out.delta_norms, "scale": out.layer.scaling,
+    return {"loss": out.losses, "norm": out.delta_norms, "scale": out.layer.adapter().scaling,
             "initial": toy.initial_loss(out.config)}
 
 

@@ -82,8 +82,8 @@ def train_toy(cfg: ToyConfig) -> ToyRun:
     layer = LoraLinear(base, LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora,
                                         init_lora_weights=cfg.init_lora_weights), generator=init)
     with torch.no_grad():
-        layer.lora_A.weight.mul_(cfg.init_scale)
-    opt = torch.optim.Adam([layer.lora_A.weight, layer.lora_B.weight], lr=cfg.lr)
+        layer.adapter().A.mul_(cfg.init_scale)
+    opt = torch.optim.Adam([layer.adapter().A, layer.adapter().B], lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed + 2)  # the data stream, shared by every run
     run = ToyRun(cfg, layer=layer, target_delta=target)
     for _ in range(cfg.steps):

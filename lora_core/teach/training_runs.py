@@ -56,7 +56,7 @@ def _toy_run(r: int, lora_alpha: float, lr: float, init_scale: float) -> dict:
     return {"config": cfg, "losses": run.losses, "delta_norms": run.delta_norms, "initial": initial_loss(cfg),
             "delta": run.layer.delta_weight().detach(), "target": run.target_delta,
             "base_unchanged": bool(torch.equal(run.layer.base_layer.weight.detach(), W0)),
-            "singular_values": factor_singular_values(*run.layer.factors(), run.layer.scaling)}
+            "singular_values": factor_singular_values(*run.layer.factors(), run.layer.adapter().scaling)}
 
 
 def alpha_lr_pair(r: int = 8, lora_alpha: float = 16, lr: float = ALPHA_LR) -> dict:

@@ -132,7 +132,7 @@ def delta_norm(model: nn.Module) -> float:
     for _, layer in layers:
         B, A = (f.float() for f in layer.factors())  # (out, r), (r, in)
         squared = ((B.T @ B) * (A @ A.T)).sum()        # (r, r) * (r, r) -> ‖BA‖_F²
-        norms.append(layer.scaling * squared.clamp_min(0).sqrt())  # clamp: rounding can dip below 0
+        norms.append(layer.adapter().scaling * squared.clamp_min(0).sqrt())  # clamp: rounding can dip below 0
     return torch.stack(norms).mean().item()  # one device sync, not one per layer
 
 

@@ -170,7 +170,7 @@ def wrap_then_train(r: int = 4, seed: int = 0) -> list[dict]:
     rows = [{"stage": "loaded", "trainable": trainable_parameters(model)[0], "LoRA layers": len(lora_layers(model)),
              "‖B‖ summed": 0.0}]
     inject_lora(model, LoraConfig(r=r, target_modules=["c_attn"]), generator=generator(seed + 1))
-    norm = lambda: sum(layer.lora_B.weight.norm().item() for _, layer in lora_layers(model))
+    norm = lambda: sum(layer.adapter().B.norm().item() for _, layer in lora_layers(model))
     rows.append({"stage": "after inject_lora (≈ get_peft_model)", "trainable": trainable_parameters(model)[0],
                  "LoRA layers": len(lora_layers(model)), "‖B‖ summed": norm()})
     # Left in eval mode: GPT-2's dropout would draw from the global RNG, and gradients flow either way.

@@ -56,7 +56,7 @@ def data_keeps_its_dimension(d: int = 256, r: int = 8, tokens: int = 512, seed: 
     rank = lambda t: int(torch.linalg.matrix_rank(t))  # float32 tolerance: roundoff is not rank
     return {"d": d, "r": r, "tokens": tokens, "rank x": rank(x), "rank output": rank(out),
             "rank ΔW": rank(delta), "rank ΔW·x": rank(change), "ΔW entries": delta.numel(),
-            "trainable numbers": layer.lora_A.weight.numel() + layer.lora_B.weight.numel()}
+            "trainable numbers": layer.adapter().A.numel() + layer.adapter().B.numel()}
 
 
 def dimension_of_parameters_not_data() -> tuple[str, Evidence]:
