@@ -123,8 +123,8 @@ with torch.no_grad():
 cfg = lc.LoraConfig(r=R, lora_alpha=ALPHA)
 ours = lc.LoraLinear(base, cfg)
 with torch.no_grad():
-    ours.lora_A.weight.copy_(mine.A)                               # lora_A is nn.Linear(in, r): weight (r, in)
-    ours.lora_B.weight.copy_(mine.B)                               # lora_B is nn.Linear(r, out): weight (out, r)
+    ours.lora_A["default"].weight.copy_(mine.A)                    # an nn.Linear(in, r): weight (r, in)
+    ours.lora_B["default"].weight.copy_(mine.B)                    # an nn.Linear(r, out): weight (out, r)
     diff_ours = float((ours(x) - mine(x)).abs().max())
     delta_gap = float((ours.delta_weight() - mine.delta_weight()).abs().max())
     moved = float((mine(x) - base(x)).abs().max())
@@ -138,7 +138,8 @@ assert moved > 0.1 and diff_ours < 1e-6 and delta_gap < 1e-7
 #
 # PEFT wraps the layers of a model whose names match `target_modules`. We give it a model with one
 # layer called `proj`, build the same model with `lc.inject_lora`, and copy our factors into both.
-# PEFT keeps one set of factors per adapter name, under `"default"`.
+# PEFT keeps one set of factors per adapter name, under `"default"`, and so does `lora_core`: the same
+# lines write into both.
 
 # %%
 import copy
@@ -164,8 +165,8 @@ lc.inject_lora(ours_model, lc.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=[
 with torch.no_grad():
     theirs.base_model.model.proj.lora_A["default"].weight.copy_(mine.A)
     theirs.base_model.model.proj.lora_B["default"].weight.copy_(mine.B)
-    ours_model.proj.lora_A.weight.copy_(mine.A)
-    ours_model.proj.lora_B.weight.copy_(mine.B)
+    ours_model.proj.lora_A["default"].weight.copy_(mine.A)
+    ours_model.proj.lora_B["default"].weight.copy_(mine.B)
     out_mine, out_ours, out_peft = mine(x), ours_model(x), theirs(x)
 
 print("PEFT:     ", end="")
@@ -231,7 +232,7 @@ print(f"lora_core merge + unmerge: W is back bit for bit. PEFT merge + unmerge: 
 
 # %%
 layer = lc.LoraLinear(nn.Linear(1024, 256), lc.LoraConfig(r=8, lora_alpha=16))
-answer_1 = sum(p.numel() for p in (layer.lora_A.weight, layer.lora_B.weight))
+answer_1 = sum(p.numel() for p in (layer.adapter().A, layer.adapter().B))
 print("1.", answer_1, "= 8·(1024+256)")
 assert answer_1 == 8 * (1024 + 256) == 10_240
 

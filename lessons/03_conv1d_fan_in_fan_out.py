@@ -107,7 +107,7 @@ ours = copy.deepcopy(model)
 lc.inject_lora(ours, cfg)
 for _, layer in lc.lora_layers(ours):
     with torch.no_grad():
-        layer.lora_B.weight.mul_(0.1)
+        layer.adapter().B.mul_(0.1)
 
 name, layer = lc.lora_layers(ours)[0]
 W, delta = layer.base_layer.weight.detach(), layer.delta_weight().detach()
@@ -119,7 +119,7 @@ with torch.no_grad():
     unmerged = ours(ids).logits
     for _, lyr in lc.lora_layers(by_hand):
         lyr.base_layer.weight.add_(lyr.delta_weight().T)   # (in, out) += ΔWᵀ
-        lyr.merged = True                                  # the branch is now inside W: skip it
+        lyr.merged_adapters = ["default"]                  # the branch is now inside W: skip it
     merged_by_hand = by_hand(ids).logits
     lc.merge_lora(ours)
     merged_lc = ours(ids).logits
@@ -162,13 +162,13 @@ tuned = copy.deepcopy(model)
 lc.inject_lora(tuned, square_cfg)
 for _, lyr in lc.lora_layers(tuned):
     with torch.no_grad():
-        lyr.lora_B.weight.mul_(0.1)
+        lyr.adapter().B.mul_(0.1)
 
 wrong = copy.deepcopy(tuned)
 with torch.no_grad():
     for _, lyr in lc.lora_layers(wrong):
         lyr.base_layer.weight.add_(lyr.delta_weight())     # (768, 768) + (768, 768): runs, but transposed
-        lyr.merged = True
+        lyr.merged_adapters = ["default"]
     tuned_logits = tuned(ids).logits
     wrong_logits = wrong(ids).logits
     base_logits = model(ids).logits

@@ -151,13 +151,13 @@ r = 16
 base = model.get_submodule("model.layers.0.mlp.up_proj")
 torch.manual_seed(0)
 layer = lc.LoraLinear(base, lc.LoraConfig(r=r, lora_alpha=32, init_lora_weights=False))   # wraps, never copies W
-B, A = layer.lora_B.weight.detach(), layer.lora_A.weight.detach()                       # (1536, r), (r, 576)
+B, A = layer.adapter().B.detach(), layer.adapter().A.detach()                           # (1536, r), (r, 576)
 
 
 def factor_spectrum_by_hand() -> torch.Tensor:
     _, R_B = torch.linalg.qr(B)                        # (1536, r) -> R_B (r, r)
     _, R_A = torch.linalg.qr(A.T)                      # (576, r)  -> R_A (r, r)
-    return torch.linalg.svdvals(R_B @ R_A.T) * layer.scaling
+    return torch.linalg.svdvals(R_B @ R_A.T) * layer.adapter().scaling
 
 
 def full_spectrum() -> torch.Tensor:
@@ -202,7 +202,7 @@ viz.spectra({"W = up_proj": up, f"ΔW, r = {r} (random factors)": by_hand}, "W b
 # %%
 steps = 150 if FAST else 300
 runs = {r_: toy.train_toy(toy.ToyConfig(r=r_, lora_alpha=2 * r_, lr=2e-3, steps=steps)) for r_ in (8, 64)}
-A8, A64 = (runs[r_].layer.lora_A.weight.detach() for r_ in (8, 64))
+A8, A64 = (runs[r_].layer.adapter().A.detach() for r_ in (8, 64))
 target = runs[8].target_delta
 
 _, _, Vh8 = torch.linalg.svd(A8, full_matrices=False)        # rows of Vh: right singular vectors

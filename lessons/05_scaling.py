@@ -141,18 +141,19 @@ assert spread[True] > 2 * spread[False] and runs[64, True].losses[-1] < runs[64,
 # %%
 torch.manual_seed(0)
 layer = lc.LoraLinear(nn.Linear(32, 32), lc.LoraConfig(r=4, lora_alpha=8))
-A0 = layer.lora_A.weight.detach().clone()
-opt = torch.optim.Adam([layer.lora_A.weight, layer.lora_B.weight], lr=1e-3)
+A, B = layer.adapter().A, layer.adapter().B                  # the layer's own parameters
+A0 = A.detach().clone()
+opt = torch.optim.Adam([A, B], lr=1e-3)
 xb, yb = torch.randn(16, 32), torch.randn(16, 32)
 (layer(xb) - yb).square().mean().backward()
-g_B = layer.lora_B.weight.grad.clone()
+g_B = B.grad.clone()
 opt.step()
 
 predicted_B1 = -1e-3 * torch.sign(g_B)
-print(f"max |B₁ − (−lr·sign g_B)| = {float((layer.lora_B.weight.detach() - predicted_B1).abs().max()):.1e}; "
-      f"A moved: {not torch.equal(layer.lora_A.weight, A0)}")
-torch.testing.assert_close(layer.lora_B.weight.detach(), predicted_B1, rtol=1e-3, atol=1e-8)
-assert torch.equal(layer.lora_A.weight, A0)
+print(f"max |B₁ − (−lr·sign g_B)| = {float((B.detach() - predicted_B1).abs().max()):.1e}; "
+      f"A moved: {not torch.equal(A, A0)}")
+torch.testing.assert_close(B.detach(), predicted_B1, rtol=1e-3, atol=1e-8)
+assert torch.equal(A, A0)
 
 # %% [markdown]
 # **After the first step they drift apart.** From step 2 on, $A$ moves too, by about `lr` per entry,

@@ -71,9 +71,9 @@ P = 0.25
 torch.manual_seed(0)
 layer = lc.LoraLinear(nn.Linear(32, 32), lc.LoraConfig(r=4, lora_alpha=8, lora_dropout=P, init_lora_weights=False))
 seen = {}
-hooks = [layer.base_layer.register_forward_pre_hook(lambda m, args: seen.update(frozen_in=args[0].detach().clone())),
-         layer.lora_A.register_forward_pre_hook(lambda m, args: seen.update(branch_in=args[0].detach().clone()))]
-A_before, B_before = layer.lora_A.weight.detach().clone(), layer.lora_B.weight.detach().clone()
+hooks = [layer.base_layer.register_forward_pre_hook(lambda m, a: seen.update(frozen_in=a[0].detach().clone())),
+         layer.lora_A["default"].register_forward_pre_hook(lambda m, a: seen.update(branch_in=a[0].detach().clone()))]
+A_before, B_before = layer.adapter().A.detach().clone(), layer.adapter().B.detach().clone()
 
 x = torch.randn(512, 32)  # 512 tokens of width 32
 layer.train()
@@ -90,8 +90,8 @@ report = {
     "x": zero_share(x),
     "input of the frozen W": zero_share(seen["frozen_in"]),
     "input of lora_A = dropout(x)": zero_share(seen["branch_in"]),
-    "A": zero_share(layer.lora_A.weight),
-    "B": zero_share(layer.lora_B.weight),
+    "A": zero_share(layer.adapter().A),
+    "B": zero_share(layer.adapter().B),
 }
 for name, share in report.items():
     print(f"zeros in {name:30s} {share:6.1%}")
@@ -107,7 +107,8 @@ print(f"surviving entries of x are multiplied by {scale_kept:.4f} = 1/(1-p) = {1
 
 # %%
 with torch.no_grad():
-    by_hand = layer.base_layer(x) + layer.lora_B(layer.lora_A(seen["branch_in"])) * layer.scaling
+    lora_A, lora_B, scaling = layer.lora_A["default"], layer.lora_B["default"], layer.scaling["default"]
+    by_hand = layer.base_layer(x) + lora_B(lora_A(seen["branch_in"])) * scaling
     print("train mode: max |layer(x) − by hand| =", (out_train - by_hand).abs().max().item())
     layer.eval()
     layer(x)
@@ -118,7 +119,7 @@ for h in hooks:
 assert torch.equal(seen["frozen_in"], x) and report["A"] == 0 and report["B"] == 0
 assert abs(report["input of lora_A = dropout(x)"] - P) < 0.05 and abs(scale_kept - 1 / (1 - P)) < 1e-5
 assert torch.allclose(out_train, by_hand, atol=1e-6)
-assert torch.equal(layer.lora_A.weight, A_before) and torch.equal(layer.lora_B.weight, B_before)
+assert torch.equal(layer.adapter().A, A_before) and torch.equal(layer.adapter().B, B_before)
 
 # %% [markdown]
 # `anatomy.trace_dropout` is the same experiment packaged for the app. Its numbers agree, and
@@ -134,7 +135,7 @@ viz.dropout_masks(trace).show()
 
 # %% [markdown]
 # **PEFT does the same.** Put the same hooks on a PEFT layer. Its `lora_A` and `lora_dropout` are
-# dictionaries keyed by adapter name, here `"default"`.
+# dictionaries keyed by adapter name, here `"default"`, as `lora_core`'s are.
 
 
 # %%
@@ -185,7 +186,7 @@ assert torch.equal(seen["frozen_in"], x) and abs(zero_share(seen["branch_in"]) -
 # %%
 IN = 256
 torch.manual_seed(0)
-ours_A = lc.LoraLinear(nn.Linear(IN, 64), lc.LoraConfig(r=16)).lora_A.weight.detach()
+ours_A = lc.LoraLinear(nn.Linear(IN, 64), lc.LoraConfig(r=16)).lora_A["default"].weight.detach()
 peft_A = peft.get_peft_model(OneLayer(nn.Linear(IN, 64)), peft.LoraConfig(r=16, target_modules=["proj"])
                              ).base_model.model.proj.lora_A["default"].weight.detach()
 bound = 1 / IN ** 0.5                                   # kaiming_uniform_(a=√5): gain √(2/6), bound gain·√(3/in)
@@ -268,8 +269,8 @@ shared.weight = q_proj.weight                      # the model's tensor itself, 
 ours = lc.LoraLinear(shared, lc.LoraConfig(r=R, lora_alpha=ALPHA, init_lora_weights="pissa"))
 theirs = peft.get_peft_model(OneLayer(copy.deepcopy(q_proj)), peft.LoraConfig(
     r=R, lora_alpha=ALPHA, target_modules=["proj"], init_lora_weights="pissa")).base_model.model.proj
-for name, mine, lib, peft_t in (("A", A_pissa, ours.lora_A.weight, theirs.lora_A["default"].weight),
-                                ("B", B_pissa, ours.lora_B.weight, theirs.lora_B["default"].weight),
+for name, mine, lib, peft_t in (("A", A_pissa, ours.lora_A["default"].weight, theirs.lora_A["default"].weight),
+                                ("B", B_pissa, ours.lora_B["default"].weight, theirs.lora_B["default"].weight),
                                 ("W_res", W_res, ours.base_layer.weight, theirs.base_layer.weight)):
     print(f"{name:6s} by hand vs lora_core: {(mine - lib).abs().max().item():.1e} | "
           f"lora_core vs PEFT: {(lib - peft_t).abs().max().item():.1e}")
@@ -329,15 +330,15 @@ names = lc.inject_lora(model, lc.LoraConfig(r=R, lora_alpha=ALPHA))  # None: PEF
 torch.manual_seed(1)
 with torch.no_grad():
     for _, lora in lc.lora_layers(model):
-        lora.lora_B.weight.normal_(std=0.02)  # a B like a trained one: now ΔW ≠ 0
+        lora.adapter().B.normal_(std=0.02)  # a B like a trained one: now ΔW ≠ 0
 unmerged = logits_of(model)
 print(f"{len(names)} layers adapted; the adapter moves the logits by up to "
       f"{(unmerged - base_logits).abs().max().item():.2f}")
 
 name, first = lc.lora_layers(model)[0]
 W0 = first.base_layer.weight
-B, A = first.lora_B.weight.detach(), first.lora_A.weight.detach()
-W_merged_by_hand = W0.detach() + first.scaling * B @ A   # (out, r) @ (r, in) -> (out, in)
+B, A = first.adapter().B.detach(), first.adapter().A.detach()
+W_merged_by_hand = W0.detach() + first.adapter().scaling * B @ A   # (out, r) @ (r, in) -> (out, in)
 
 lc.merge_lora(model)
 merged = logits_of(model)

@@ -93,13 +93,14 @@ print(f"{smol.trainable:,} parameters × 4 B = {smol.trainable * 4 / 2**20:.2f} 
 def first_gradients(zero_a: bool) -> tuple[float, float]:
     torch.manual_seed(0)
     layer = lc.LoraLinear(nn.Linear(16, 16), lc.LoraConfig(r=4, lora_alpha=8))   # B = 0, A random
+    A, B = layer.adapter().A, layer.adapter().B
     if zero_a:
-        nn.init.zeros_(layer.lora_A.weight)
+        nn.init.zeros_(A)
     layer(torch.randn(32, 16)).pow(2).mean().backward()
-    return layer.lora_A.weight.grad.norm().item(), layer.lora_B.weight.grad.norm().item()
+    return A.grad.norm().item(), B.grad.norm().item()
 
 
-A0 = lc.LoraLinear(nn.Linear(16, 16), lc.LoraConfig(r=4)).lora_A.weight.detach()
+A0 = lc.LoraLinear(nn.Linear(16, 16), lc.LoraConfig(r=4)).adapter().A.detach()
 print(f"A at init: max |a| = {A0.abs().max().item():.3f} ≤ 1/√16 = {1 / 16 ** 0.5:.3f} (Kaiming-uniform, a = √5)")
 assert A0.abs().max() <= 1 / 16 ** 0.5
 for zero_a in (False, True):
@@ -207,7 +208,7 @@ lc.inject_lora(tiny, cfg)
 torch.manual_seed(0)
 with torch.no_grad():
     for _, layer in lc.lora_layers(tiny):
-        layer.lora_B.weight.normal_(std=0.02)          # as if trained
+        layer.adapter().B.normal_(std=0.02)            # as if trained
 ids = torch.randint(0, 50257, (2, 32))
 with torch.no_grad():
     unmerged = tiny(ids).logits

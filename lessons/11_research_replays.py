@@ -192,8 +192,8 @@ for r in (8, 64):
     fresh = lc.shared_base_copy(lab.base)
     lc.inject_lora(fresh, lc.LoraConfig(r=r, lora_alpha=16, target_modules=list(QV)),
                    generator=torch.Generator().manual_seed(0))
-    untrained[r] = fresh.get_submodule(name).lora_A.weight.detach().clone()
-    untrained_block0[r] = fresh.get_submodule(experiments.layer_name(0, "q_proj")).lora_A.weight.detach().clone()
+    untrained[r] = fresh.get_submodule(name).adapter().A.detach().clone()
+    untrained_block0[r] = fresh.get_submodule(experiments.layer_name(0, "q_proj")).adapter().A.detach().clone()
 moved = {r: float((A - untrained[r]).norm() / untrained[r].norm()) for r, A in ((8, A8), (64, A64))}
 phi_start = analysis.phi_grid(untrained[8], untrained[64])[0][0]
 print(f"training moved A by {moved[8]:.0%} (r=8) and {moved[64]:.0%} (r=64) of its starting norm; "
@@ -324,7 +324,7 @@ stretch = 2 * float(S_W[9] / torch.linalg.matrix_norm(dW8, ord=2))
 def stretched_model() -> torch.nn.Module:
     m = lab.rebuild(runs["r=8"])
     with torch.no_grad():
-        m.get_submodule(name).lora_B.weight.mul_(stretch)      # ΔW = s·B·A scales with B
+        m.get_submodule(name).adapter().B.mul_(stretch)        # ΔW = s·B·A scales with B
     return m
 
 

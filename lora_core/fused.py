@@ -101,10 +101,11 @@ def has_hooks(module: nn.Module) -> bool:
                 or module._backward_pre_hooks) or any(GLOBAL_HOOKS)
 
 
-def one_node_applies(layer, x: torch.Tensor) -> bool:
+def one_node_applies(layer, x: torch.Tensor, name: str) -> bool:
     """Whether the one-node path computes exactly what the plain formula would, and pays.
 
-    Exact: only for a plain nn.Linear / Conv1D base (not a subclass, not NF4) that no hook watches,
+    Exact: only for a plain nn.Linear / Conv1D base (not a subclass, not NF4) that no hook watches (nor
+    adapter `name`'s modules),
     outside torch.compile / FX tracing and autocast. Pays: measured on CPU only, and only from
     ONE_NODE_MIN_TOKENS tokens up; below that its Python backward costs more than it saves.
     """
@@ -112,7 +113,7 @@ def one_node_applies(layer, x: torch.Tensor) -> bool:
     if (type(base) not in FUSABLE_BASES or x.device.type != "cpu" or x.dtype != base.weight.dtype
             or x.numel() < ONE_NODE_MIN_TOKENS * x.shape[-1]):
         return False
-    if any(has_hooks(m) for m in (base, layer.lora_A, layer.lora_B, layer.lora_dropout)):
+    if any(has_hooks(m) for m in (base, layer.lora_A[name], layer.lora_B[name], layer.lora_dropout[name])):
         return False
     return not (torch.is_autocast_enabled(x.device.type) or tracing(x))
 
@@ -120,23 +121,26 @@ def one_node_applies(layer, x: torch.Tensor) -> bool:
 def forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """LoraLinear's output by its fastest exact path, or None where the plain formula must run.
 
-    None when the layer is disabled or merged (the base alone), under torch.compile or FX tracing (the
-    compiler fuses the plain ops itself, measured ~1% faster there), or when a hook on lora_B must see
-    it called.
+    Only for exactly one active adapter on an unmerged layer: None when the layer is disabled or merged,
+    when several adapters (or none) are active, under torch.compile or FX tracing (the compiler fuses the
+    plain ops itself, measured ~1% faster there), or when a hook on lora_B must see it called.
     """
-    if layer.disabled or layer.merged or layer.forward_path == "plain" or tracing(x) or has_hooks(layer.lora_B):
+    if layer.disabled or layer.merged or layer.forward_path == "plain" or tracing(x):
         return None
-    dropout = not isinstance(layer.lora_dropout, nn.Identity)
-    if layer.forward_path == "one-node" and one_node_applies(layer, x):
+    active = [n for n in layer.active_adapters if n in layer.r]
+    if len(active) != 1 or has_hooks(layer.lora_B[active[0]]):
+        return None
+    a = layer.adapter(active[0])
+    if layer.forward_path == "one-node" and one_node_applies(layer, x, a.name):
         base = layer.base_layer
         # Dropout hits only the LoRA input; without it (p = 0, or eval mode) the branch reads x itself.
-        xa = layer.lora_dropout(x.to(layer.lora_A.weight.dtype)) if layer.training and dropout else None
-        return FusedLoraLinear.apply(x, xa, base.weight, base.bias, layer.lora_A.weight, layer.lora_B.weight,
-                                     layer.scaling, layer.fan_in_fan_out)
-    return addmm_forward(layer, x)
+        dropout = layer.training and not isinstance(a.dropout, nn.Identity)
+        xa = a.dropout(x.to(a.A.dtype)) if dropout else None
+        return FusedLoraLinear.apply(x, xa, base.weight, base.bias, a.A, a.B, a.scaling, layer.fan_in_fan_out)
+    return addmm_forward(layer, x, a.name)
 
 
-def addmm_forward(layer, x: torch.Tensor) -> torch.Tensor:
+def addmm_forward(layer, x: torch.Tensor, name: str) -> torch.Tensor:
     """base(x) + scaling · B(A(dropout(x))) with B's GEMM, the scale and the add fused into one addmm.
 
     The plain formula makes two (..., out) temporaries, B's output and its scaled copy, then a third for
@@ -145,10 +149,11 @@ def addmm_forward(layer, x: torch.Tensor) -> torch.Tensor:
     as is and puts the scale on r-wide tensors. Same values (to rounding), same gradients, the same
     tensors saved (x, shared with the base layer, and the r-wide h).
     """
+    a = layer.adapter(name)
     result = layer.base_layer(x)
-    h = layer.lora_A(layer.lora_dropout(x.to(layer.lora_A.weight.dtype)))  # (..., r); lora_A's hooks still run
-    acc, h = result.reshape(-1, layer.out_features), h.reshape(-1, layer.r)  # (N, out), (N, r)
+    h = layer.lora_A[name](a.dropout(x.to(a.A.dtype)))  # (..., r); lora_A's hooks still run
+    acc, h = result.reshape(-1, layer.out_features), h.reshape(-1, a.r)  # (N, out), (N, r)
     if acc.dtype != h.dtype:  # a bf16 base with fp32 factors: add in the wider dtype, as `result + branch`
         acc = acc.to(torch.promote_types(acc.dtype, h.dtype))
-    out = torch.addmm(acc, h, layer.lora_B.weight.T, alpha=layer.scaling)  # (N, out) + s · (N, r) @ (r, out)
+    out = torch.addmm(acc, h, a.B.T, alpha=a.scaling)  # (N, out) + s · (N, r) @ (r, out)
     return out.view(result.shape).to(result.dtype)

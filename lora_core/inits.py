@@ -6,9 +6,10 @@
     "pissa"     A, B from the top-r SVD of W; W becomes the residual (PiSSA, arXiv 2404.02948)
     "olora"     B, A from the thin QR of W; W becomes the residual (OLoRA, arXiv 2406.01775)
 
-An Embedding follows loralib instead: A = 0, B normal. PiSSA and OLoRA write the residual into a *new* tensor,
-so a base weight shared by several sessions is never written. Layer types are told apart by their base layer,
-so this module needs nothing from layers.py.
+An Embedding follows loralib instead: A = 0, B normal (both drawn from a normal first, as in PEFT). PiSSA and
+OLoRA write the residual into a *new* tensor, so a base weight shared by several sessions is never written. Layer
+types are told apart by their base layer, and an adapter is read through `layer.adapter(name)`, so this module
+needs nothing from layers.py.
 """
 
 from __future__ import annotations
@@ -33,34 +34,37 @@ def _kaiming(t: torch.Tensor, generator: torch.Generator | None = None) -> None:
     nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator)  # nn.Linear's own default init
 
 
-def init_factors(layer: nn.Module, init: bool | str, generator: torch.Generator | None = None) -> None:
-    """PEFT's reset_lora_parameters, plus PiSSA; random draws come from `generator` when given."""
-    A, B = layer.lora_A.weight, layer.lora_B.weight
+def _normal(t: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    t.normal_(generator=generator)
+
+
+def init_factors(layer: nn.Module, name: str, init: bool | str, generator: torch.Generator | None = None) -> None:
+    """PEFT's reset_lora_parameters for adapter `name`, plus PiSSA and OLoRA; random draws come from
+    `generator` when given."""
+    a = layer.adapter(name)
+    embedding = isinstance(layer.base_layer, nn.Embedding)
     with torch.no_grad():
         if init is False:  # both random: a non-zero ΔW from step 0 (tests, demos)
-            if isinstance(layer.base_layer, nn.Embedding):
-                _draw(A, generator, lambda t, generator: t.normal_(generator=generator))
-                _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
-            elif generator is not None:  # built on meta: give A and B what nn.Linear / nn.Conv2d would
-                _draw(A, generator, _kaiming)
-                _draw(B, generator, _kaiming)
-            return  # without a generator, nn.Linear / nn.Conv2d already gave A and B their Kaiming init
-        if isinstance(layer.base_layer, nn.Embedding):
+            if generator is not None:  # built without values: give A and B what the constructor would
+                _draw(a.A, generator, _normal if embedding else _kaiming)
+                _draw(a.B, generator, _normal if embedding else _kaiming)
+            return  # without a generator the constructor drew them (Kaiming for Linear/Conv2d, normal for Embedding)
+        if embedding:
             # PEFT follows loralib here: A zero, B normal (ΔW = 0 all the same)
-            A.zero_()
-            _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
+            a.A.zero_()
+            _draw(a.B, generator, _normal)
             return
         if init in ("pissa", "olora"):
-            (pissa_init if init == "pissa" else olora_init)(layer)
+            (pissa_init if init == "pissa" else olora_init)(layer, name)
             return
         if init == "gaussian":
-            _draw(A, generator, lambda t, generator: t.normal_(std=1 / layer.r, generator=generator))
+            _draw(a.A, generator, lambda t, generator: t.normal_(std=1 / a.r, generator=generator))
         else:
-            _draw(A, generator, _kaiming)
-        B.zero_()
+            _draw(a.A, generator, _kaiming)
+        a.B.zero_()
 
 
-def pissa_init(layer: nn.Module) -> None:
+def pissa_init(layer: nn.Module, name: str) -> None:
     """PiSSA (arXiv 2404.02948): A, B from the top-r SVD of W; W becomes the residual.
 
     The residual is a *new* tensor: the original base weight (maybe shared) is not written.
@@ -71,18 +75,18 @@ def pissa_init(layer: nn.Module) -> None:
     W = w.detach().float()
     W = W.T if layer.fan_in_fan_out else W  # (out, in)
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)  # W = U diag(S) Vh
-    r = layer.r
-    sqrt_s = torch.sqrt(S[:r] / layer.scaling)
-    B = U[:, :r] * sqrt_s           # (out, r)
-    A = sqrt_s[:, None] * Vh[:r]    # (r, in)
-    layer.lora_A.weight.copy_(A)
-    layer.lora_B.weight.copy_(B)
-    residual = W - layer.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
+    a = layer.adapter(name)
+    sqrt_s = torch.sqrt(S[:a.r] / a.scaling)
+    B = U[:, :a.r] * sqrt_s           # (out, r)
+    A = sqrt_s[:, None] * Vh[:a.r]    # (r, in)
+    a.A.copy_(A)
+    a.B.copy_(B)
+    residual = W - a.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
     residual = residual.T if layer.fan_in_fan_out else residual
     layer.base_layer.weight = nn.Parameter(residual.to(w.dtype).contiguous(), requires_grad=False)
 
 
-def olora_init(layer: nn.Module) -> None:
+def olora_init(layer: nn.Module, name: str) -> None:
     """OLoRA (arXiv 2406.01775): B, A from the thin QR of W (orthonormal B); W becomes the residual.
 
     B = Q[:, :r], A = R[:r], and W_res = W - scaling * B @ A, so the layer starts exactly at W. Unlike
@@ -96,10 +100,10 @@ def olora_init(layer: nn.Module) -> None:
     W = w.detach().float()
     W = W.T if layer.fan_in_fan_out else W  # (out, in)
     Q, R = torch.linalg.qr(W)  # (out, k) @ (k, in), k = min(out, in); Q's columns orthonormal
-    r = layer.r
-    B, A = Q[:, :r], R[:r]     # (out, r), (r, in)
-    layer.lora_A.weight.copy_(A)
-    layer.lora_B.weight.copy_(B)
-    residual = W - layer.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
+    a = layer.adapter(name)
+    B, A = Q[:, :a.r], R[:a.r]  # (out, r), (r, in)
+    a.A.copy_(A)
+    a.B.copy_(B)
+    residual = W - a.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
     residual = residual.T if layer.fan_in_fan_out else residual
     layer.base_layer.weight = nn.Parameter(residual.to(w.dtype).contiguous(), requires_grad=False)

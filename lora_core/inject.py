@@ -30,7 +30,15 @@ import torch
 import torch.nn as nn
 
 from .config import ALL_LINEAR, LoraConfig
-from .layers import DISPATCH, LINEAR_TYPES, LoraLayer, check_lora_target, is_supported, make_lora_layer
+from .layers import (
+    DISPATCH,
+    LINEAR_TYPES,
+    LoraLayer,
+    check_adapter_name,
+    check_lora_target,
+    is_supported,
+    make_lora_layer,
+)
 from .patterns import TimedPattern
 
 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we ship.
@@ -48,17 +56,26 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 
 class ModulesToSaveWrapper(nn.Module):
-    """A module trained in full: a frozen `original_module` and a trainable copy, as in PEFT."""
+    """A module trained in full: a frozen `original_module` and a trainable copy per adapter, as in PEFT.
 
-    def __init__(self, module: nn.Module):
+    `modules_to_save[name]` is adapter `name`'s copy; the forward runs the active adapter's copy, or the
+    original when the wrapper is disabled or holds no copy for the active adapter.
+    """
+
+    def __init__(self, module: nn.Module, adapter_name: str = "default"):
         super().__init__()
         self.original_module = module
-        self.modules_to_save = copy.deepcopy(module)
+        self.modules_to_save = nn.ModuleDict({adapter_name: copy.deepcopy(module)})
+        self.active_adapter: str | None = adapter_name
         self.disabled = False
 
+    def active_copy(self) -> nn.Module | None:
+        """The active adapter's trained copy, or None when this wrapper holds none for it."""
+        return self.modules_to_save[self.active_adapter] if self.active_adapter in self.modules_to_save else None
+
     def forward(self, *args, **kwargs):
-        active = self.original_module if self.disabled else self.modules_to_save
-        return active(*args, **kwargs)
+        trained = None if self.disabled else self.active_copy()
+        return (self.original_module if trained is None else trained)(*args, **kwargs)
 
 
 # --- finding targets --------------------------------------------------------------------------
@@ -137,14 +154,19 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 # --- inject / remove ----------------------------------------------------------------------------
-def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | None = None) -> list[str]:
-    """Wrap every targeted layer of `model` in place; freeze the rest. Returns the wrapped names.
+def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | None = None, *,
+                adapter_name: str = "default") -> list[str]:
+    """Wrap every targeted layer of `model` in place with adapter `adapter_name`, active and trainable;
+    freeze the rest. Returns the wrapped names (PEFT's get_peft_model).
 
     Everything is checked before anything changes, so a ValueError leaves `model` as it was.
     `generator` seeds the LoRA factors without touching torch's global RNG (None: the global RNG, as PEFT).
-    `model.lora_config` is `cfg` as PEFT leaves it after injection: fan_in_fan_out settled by the
-    layers, modules_to_save with the task's head.
+    `model.lora_configs[adapter_name]` is `cfg` as PEFT leaves it after injection (`peft_config`):
+    fan_in_fan_out settled by the layers, modules_to_save with the task's head. `model.lora_active` lists the
+    active adapters. (Not PEFT's attribute names: transformers models already define `peft_config` and
+    `active_adapters()`.)
     """
+    check_adapter_name(adapter_name)
     if any(isinstance(m, (LoraLayer, ModulesToSaveWrapper)) for m in model.modules()):
         raise ValueError("model already has LoRA layers: inject once, or call remove_lora(model) first")
     names = matched_modules(model, cfg)
@@ -169,16 +191,19 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
     # gets the last one. cfg.fan_in_fan_out=None (ours) leaves every layer to its type, silently.
     layers, flag, settled = {}, cfg.fan_in_fan_out, bool(cfg.fan_in_fan_out)
     for name in names:  # in model order, as PEFT's injection loop
-        layers[name] = layer = make_lora_layer(modules[name], cfg, name, generator=generator, fan_in_fan_out=flag)
+        layers[name] = layer = make_lora_layer(modules[name], cfg, name, generator=generator, fan_in_fan_out=flag,
+                                               adapter_name=adapter_name)
         if isinstance(modules[name], LINEAR_TYPES) and not isinstance(modules[name], tuple(DISPATCH)):
             settled = layer.fan_in_fan_out
             flag = settled if flag is not None else None
     for name, layer in layers.items():
         _set_submodule(model, name, layer)
     for name in saved:
-        _set_submodule(model, name, ModulesToSaveWrapper(model.get_submodule(name)))
+        _set_submodule(model, name, ModulesToSaveWrapper(model.get_submodule(name), adapter_name))
     _mark_trainable(model, cfg.bias)
-    model.lora_config = dataclasses.replace(cfg, fan_in_fan_out=settled, modules_to_save=cfg.saved_module_names())
+    settled_cfg = dataclasses.replace(cfg, fan_in_fan_out=settled, modules_to_save=cfg.saved_module_names())
+    model.lora_configs = {adapter_name: settled_cfg}
+    model.lora_active = [adapter_name]
     return names
 
 
@@ -215,17 +240,18 @@ def _check_saved_not_nested(saved: list[str], to_save: list[str]) -> None:
 
 
 def _mark_trainable(model: nn.Module, bias: str) -> None:
-    """PEFT's `_mark_only_adapters_as_trainable`: factors, the chosen biases, saved copies."""
+    """PEFT's `_mark_only_adapters_as_trainable`: the active adapters' factors, the chosen biases, saved copies."""
     for p in model.parameters():
         p.requires_grad_(False)
     for m in model.modules():
         if isinstance(m, LoraLayer):
-            m.lora_A.weight.requires_grad_(True)
-            m.lora_B.weight.requires_grad_(True)
+            for name in (n for n in m.active_adapters if n in m.r):
+                m.adapter(name).A.requires_grad_(True)
+                m.adapter(name).B.requires_grad_(True)
             if bias == "lora_only" and getattr(m.base_layer, "bias", None) is not None:
                 _train_own_copy(m.base_layer, "bias")
-        elif isinstance(m, ModulesToSaveWrapper):
-            m.modules_to_save.requires_grad_(True)
+        elif isinstance(m, ModulesToSaveWrapper) and m.active_copy() is not None:
+            m.active_copy().requires_grad_(True)
     if bias == "all":
         for n, _ in list(model.named_parameters()):
             if n == "bias" or n.endswith(".bias"):
@@ -244,21 +270,31 @@ def lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
+def adapter_name_of(model: nn.Module, name: str | None = None) -> str:
+    """`name` if `model` has that adapter; None: the model's one active adapter. Else a ValueError saying why."""
+    configs = getattr(model, "lora_configs", None)
+    if not configs:
+        raise ValueError("model has no LoRA adapter: call inject_lora(model, cfg) first")
+    if name is None:
+        if len(model.lora_active) != 1:
+            raise ValueError(f"model has the active adapters {model.lora_active} of {list(configs)}: "
+                             "name the adapter meant")
+        return model.lora_active[0]
+    if name not in configs:
+        raise ValueError(f"adapter_name={name!r} is not an adapter of this model: it has {list(configs)}")
+    return name
+
+
 def adapter_config(model: nn.Module, name: str | None = None) -> LoraConfig:
     """The LoraConfig of adapter `name` (None: the active one), as injection left it (what PEFT saves)."""
-    if not hasattr(model, "lora_config"):
-        raise ValueError("model has no LoRA adapter: call inject_lora(model, cfg) first")
-    if name is not None and name != LoraLayer.adapter_name:
-        raise ValueError(f"adapter_name={name!r} is not an adapter of this model: it has {[LoraLayer.adapter_name]}")
-    return model.lora_config
+    name = adapter_name_of(model, name)
+    return model.lora_configs[name]
 
 
 def adapter_layers(model: nn.Module, adapter_name: str | None = None) -> list[tuple[str, LoraLayer]]:
     """[(name, layer)] for the LoRA layers holding adapter `adapter_name` (None: the active one), in model order."""
-    if adapter_name is not None and adapter_name != LoraLayer.adapter_name:
-        raise ValueError(f"adapter_name={adapter_name!r} is not an adapter of this model: "
-                         f"it has {[LoraLayer.adapter_name]}")
-    return lora_layers(model)
+    adapter_name = adapter_name_of(model, adapter_name)
+    return [(n, layer) for n, layer in lora_layers(model) if adapter_name in layer.r]
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
@@ -281,15 +317,17 @@ def peft_line(trainable: int, total: int) -> str:
 def unload(model: nn.Module, keep_trained_copies: bool) -> nn.Module:
     """Put each LoRA layer's `base_layer` back in its place (merged or not, as it stands now).
 
-    A ModulesToSaveWrapper gives back its trained copy (`keep_trained_copies`, after a merge) or the
-    original module. The adapter's config goes too.
+    A ModulesToSaveWrapper gives back the active adapter's trained copy (`keep_trained_copies`, after a
+    merge) or the original module. The adapters' configs go too.
     """
     for name, layer in lora_layers(model):
         _set_submodule(model, name, layer.base_layer)
     for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
-        _set_submodule(model, name, m.modules_to_save if keep_trained_copies else m.original_module)
-    if hasattr(model, "lora_config"):
-        del model.lora_config
+        trained = m.active_copy() if keep_trained_copies else None
+        _set_submodule(model, name, m.original_module if trained is None else trained)
+    for attr in ("lora_configs", "lora_active"):
+        if hasattr(model, attr):
+            delattr(model, attr)
     return model
 
 

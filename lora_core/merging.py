@@ -17,10 +17,25 @@ from .inject import ModulesToSaveWrapper, lora_layers, unload
 from .layers import LoraLayer
 
 
-def merge_lora(model: nn.Module) -> None:
-    """Fold ΔW into every LoRA layer's weight (out of place; see layers.py)."""
+def _checked_names(model: nn.Module, adapter_names: list[str] | None) -> list[str] | None:
+    """`adapter_names` if every one is an adapter of `model` (None stays None: the active adapters)."""
+    if adapter_names is None:
+        return None
+    if isinstance(adapter_names, str):
+        raise ValueError(f"adapter_names={adapter_names!r} must be a list of adapter names, e.g. [{adapter_names!r}]")
+    held = list(getattr(model, "lora_configs", {}))
+    if unknown := [n for n in adapter_names if n not in held]:
+        raise ValueError(f"adapter_names={adapter_names!r}: {unknown[0]!r} is not an adapter of this model, "
+                         f"which has {held}")
+    return list(adapter_names)
+
+
+def merge_lora(model: nn.Module, adapter_names: list[str] | None = None) -> None:
+    """Fold ΔW of `adapter_names` (None: the active adapters) into every LoRA layer's weight (out of place;
+    see layers.py). PEFT's `merge_adapter`."""
+    adapter_names = _checked_names(model, adapter_names)
     for _, layer in lora_layers(model):
-        layer.merge()
+        layer.merge(adapter_names)
 
 
 def unmerge_lora(model: nn.Module) -> None:
@@ -29,11 +44,14 @@ def unmerge_lora(model: nn.Module) -> None:
         layer.unmerge()
 
 
-def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge every adapter and return the plain model: no LoRA modules, zero inference overhead."""
+def merge_and_unload(model: nn.Module, adapter_names: list[str] | None = None) -> nn.Module:
+    """Merge `adapter_names` (None: the active adapters) and return the plain model: no LoRA modules,
+    zero inference overhead. Adapters merged already stay merged."""
+    adapter_names = _checked_names(model, adapter_names)
     for _, layer in lora_layers(model):
-        if not layer.merged:
-            layer.merge()
+        names = layer.active_adapters if adapter_names is None else adapter_names
+        if [n for n in names if n in layer.r and n not in layer.merged_adapters]:
+            layer.merge(names)
     return unload(model, keep_trained_copies=True)
 
 
@@ -41,7 +59,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block the model behaves as its base (merged layers are unmerged for the while)."""
     layers = [m for m in model.modules() if isinstance(m, (LoraLayer, ModulesToSaveWrapper))]
-    remerge = [m for m in layers if isinstance(m, LoraLayer) and m.merged]
+    remerge = {m: m.merged_adapters for m in layers if isinstance(m, LoraLayer) and m.merged}
     for m in remerge:
         m.unmerge()
     for m in layers:
@@ -51,5 +69,5 @@ def disable_lora(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m in layers:
             m.disabled = False
-        for m in remerge:
-            m.merge()
+        for m, names in remerge.items():
+            m.merge(names)

@@ -94,7 +94,7 @@ def loraplus_parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.
             # PEFT's test: the module two names above the parameter is its lora Embedding layer
             embedding.update(id(p) for child in m.children() for p in child.parameters(recurse=False))
         elif isinstance(m, LoraLayer):
-            factors_b.add(id(m.adapter().B))
+            factors_b.update(id(m.adapter(name).B) for name in m.r)
     decays = decay_parameter_names(model)
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in LORAPLUS_GROUPS}
     for name, p in model.named_parameters():

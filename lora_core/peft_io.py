@@ -8,7 +8,8 @@ A PEFT LoRA adapter is a folder with two files:
         base_model.model.transformer.wte.lora_embedding_A                 (r, num_embeddings)
         base_model.model.transformer.h.0.attn.c_attn.base_layer.bias      (bias="all"/"lora_only")
         base_model.model.lm_head.weight                                   (modules_to_save)
-Our module tree mirrors PEFT's minus the adapter name, so the mapping is a prefix plus two renames.
+Our module tree is PEFT's (adapter "default" is `...c_attn.lora_A.default.weight`), so a file key is our
+parameter's name with the adapter name dropped, as PEFT drops it, plus the prefix.
 Files are written atomically (temp file, then rename); only safetensors are read, never pickles.
 
 An adapter uploaded to a shared server (`load_adapter_zip`) is checked completely before any model is
@@ -20,9 +21,11 @@ Every load refuses NaN/inf and values so large that ΔW would overflow the model
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -32,8 +35,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .config import LoraConfig
-from .inject import ModulesToSaveWrapper, inject_lora, lora_layers, remove_lora
-from .layers import LoraEmbedding
+from .inject import adapter_config, adapter_layers, adapter_name_of, inject_lora, remove_lora
 
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
@@ -41,51 +43,74 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FACTOR_KEYS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
 
 
-def adapter_keys(model: nn.Module) -> dict[str, str]:
-    """{PEFT checkpoint key: our parameter name} for everything an adapter file holds."""
-    cfg: LoraConfig = model.lora_config
+ADAPTER_CONTAINERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "modules_to_save")
+
+
+def checkpoint_key(param: str, adapter_name: str) -> str:
+    """The key PEFT saves our parameter `param` of adapter `adapter_name` under, without the prefix.
+
+    PEFT's rule (tuners_utils `_remove_adapter_name_from_state_dict_key`): the name goes from the end, or
+    from just before the last part, so `c_attn.lora_A.x.weight` -> `c_attn.lora_A.weight` and
+    `wte.lora_embedding_A.x` -> `wte.lora_embedding_A`. A saved copy stands for its module (utils/other.py):
+    `lm_head.modules_to_save.x.weight` -> `lm_head.weight`.
+    """
+    if f".modules_to_save.{adapter_name}." in param:
+        return param.replace(f".modules_to_save.{adapter_name}.", ".", 1)
+    if param.endswith(f".{adapter_name}"):
+        return param.removesuffix(f".{adapter_name}")
+    head, _, last = param.rpartition(".")
+    return f"{re.sub(re.escape('.' + adapter_name) + '$', '', head)}.{last}"
+
+
+def _of_adapter(param: str, adapter_name: str) -> bool:
+    """Whether our parameter `param` belongs to adapter `adapter_name` (a factor or a saved copy)."""
+    parts = param.split(".")
+    return any(p in ADAPTER_CONTAINERS and after == adapter_name for p, after in itertools.pairwise(parts))
+
+
+def adapter_keys(model: nn.Module, adapter_name: str | None = None) -> dict[str, str]:
+    """{PEFT checkpoint key: our parameter name} for everything adapter `adapter_name`'s file holds
+    (None: the active adapter)."""
+    adapter_name = adapter_name_of(model, adapter_name)
+    bias = model.lora_configs[adapter_name].bias
     keys: dict[str, str] = {}
-    for name, layer in lora_layers(model):
-        a, b = ("lora_embedding_A", "lora_embedding_B") if isinstance(layer, LoraEmbedding) \
-            else ("lora_A.weight", "lora_B.weight")
-        keys[f"{PREFIX}{name}.{a}"] = f"{name}.lora_A.weight"
-        keys[f"{PREFIX}{name}.{b}"] = f"{name}.lora_B.weight"
-        if cfg.bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
-            keys[f"{PREFIX}{name}.base_layer.bias"] = f"{name}.base_layer.bias"
-    if cfg.bias == "all":
+    for name, _ in model.named_parameters(remove_duplicate=False):
+        if _of_adapter(name, adapter_name):
+            keys[PREFIX + checkpoint_key(name, adapter_name)] = name
+    if bias == "lora_only":
+        for name, layer in adapter_layers(model, adapter_name):
+            if getattr(layer.base_layer, "bias", None) is not None:
+                keys[f"{PREFIX}{name}.base_layer.bias"] = f"{name}.base_layer.bias"
+    if bias == "all":
         for name, _ in model.named_parameters():
             if name.endswith(".bias"):
                 keys[PREFIX + name] = name
-    for name, module in model.named_modules():
-        if isinstance(module, ModulesToSaveWrapper):
-            for p, _ in module.modules_to_save.named_parameters():
-                keys[f"{PREFIX}{name}.{p}"] = f"{name}.modules_to_save.{p}"
     return keys
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the adapter's tensors under PEFT's checkpoint keys (on CPU, contiguous).
+def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """Copies of adapter `adapter_name`'s tensors (None: the active adapter's) under PEFT's checkpoint keys
+    (on CPU, contiguous).
 
     Copies, not views: a snapshot taken mid-training must not change as training goes on, and
     safetensors refuses tensors that share memory (a tied pair would).
     """
-    if not hasattr(model, "lora_config"):
-        raise ValueError("model has no LoRA adapter: call inject_lora(model, cfg) first")
     params = dict(model.named_parameters(remove_duplicate=False))
     return {k: params[n].detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
-            for k, n in adapter_keys(model).items()}
+            for k, n in adapter_keys(model, adapter_name).items()}
 
 
-def adapter_config_dict(model: nn.Module) -> dict:
-    """adapter_config.json's content, with targets resolved the way PEFT stores them.
+def adapter_config_dict(model: nn.Module, adapter_name: str | None = None) -> dict:
+    """adapter_config.json's content for adapter `adapter_name` (None: the active one), with targets
+    resolved the way PEFT stores them.
 
-    model.lora_config already holds what PEFT writes after injection: fan_in_fan_out as the last
+    The model's config already holds what PEFT writes after injection: fan_in_fan_out as the last
     Linear/Conv1D target left it, and modules_to_save with the task's head (inject_lora).
     """
-    cfg: LoraConfig = model.lora_config
+    cfg: LoraConfig = adapter_config(model, adapter_name)
     d = cfg.to_peft_dict()
     if cfg.target_modules is None:  # PEFT writes the architecture default it used
-        d["target_modules"] = sorted({n.rsplit(".", 1)[-1] for n, _ in lora_layers(model)})
+        d["target_modules"] = sorted({n.rsplit(".", 1)[-1] for n, _ in adapter_layers(model, adapter_name)})
     if d.get("base_model_name_or_path") is None:
         d["base_model_name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     return d
@@ -147,7 +172,7 @@ def load_adapter_tensors(model: nn.Module, cfg: LoraConfig, tensors: dict[str, t
     """Load an adapter already in memory (PEFT keys).
 
     Inject `cfg` if the model has no LoRA yet, then copy the tensors in; on a misfit, undo the injection."""
-    fresh = not hasattr(model, "lora_config")
+    fresh = not hasattr(model, "lora_configs")
     if fresh:
         inject_lora(model, cfg)
     try:
@@ -211,11 +236,11 @@ def _copy_in(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         if tuple(tensors[key].shape) != tuple(params[name].shape):
             raise ValueError(f"adapter tensor {key!r} has shape {tuple(tensors[key].shape)}, "
                              f"but this model needs {tuple(params[name].shape)}")
-    check_adapter_values(model, model.lora_config, tensors)
+    check_adapter_values(model, adapter_config(model), tensors)
     with torch.no_grad():
         for key, name in keys.items():
             p = params[name]
-            if ".lora_A." in name or ".lora_B." in name or ".modules_to_save." in name:
+            if ".lora_" in name or ".modules_to_save." in name:
                 p.copy_(tensors[key])  # our own tensors: safe to write in place
             else:  # a base bias, which may be shared with other models: swap in a new tensor
                 owner, _, leaf = name.rpartition(".")

@@ -89,7 +89,7 @@ def test_adapter_state_dict_is_a_copy_and_the_round_trip_is_bit_exact(tmp_path):
     src = trained(tiny_llama, r=4, target_modules="all-linear")
     snapshot = lc.adapter_state_dict(src)
     params = dict(src.named_parameters())
-    layer = params["model.layers.0.self_attn.q_proj.lora_B.weight"]
+    layer = params["model.layers.0.self_attn.q_proj.lora_B.default.weight"]
     before = snapshot["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].clone()
     with torch.no_grad():
         layer.add_(1.0)                                               # training goes on ...
@@ -159,7 +159,7 @@ def test_each_bad_upload_is_a_value_error_that_names_the_problem(good, case):
     with pytest.raises(ValueError) as err:
         serve.load_adapter_zip(model, data, LIMIT, max_r=256)
     assert message in str(err.value), str(err.value)
-    assert not lc.lora_layers(model) and not hasattr(model, "lora_config")   # nothing was touched
+    assert not lc.lora_layers(model) and not hasattr(model, "lora_configs")   # nothing was touched
 
 
 def test_every_case_is_listed(good):

@@ -68,7 +68,7 @@ def test_the_one_node_path_is_taken_and_saves_nothing_out_wide():
     saved = [t for t in y.grad_fn.saved_tensors if t is not None]
     assert all(t.shape[-1] != 40 or t is fast.base_layer.weight for t in saved)  # x, h, W, A, B: no (N, out)
     fast.train()
-    fast.lora_dropout = nn.Dropout(0.5)  # dropout: the node also gets the dropped input
+    fast.lora_dropout["default"] = nn.Dropout(0.5)  # dropout: the node also gets the dropped input
     assert type(fast(x).grad_fn).__name__ == "FusedLoraLinearBackward"
     fast.base_layer.register_forward_hook(lambda m, i, o: None)  # a hook on the base: it must be called
     assert type(fast(x).grad_fn).__name__ != "FusedLoraLinearBackward"
@@ -112,7 +112,7 @@ def test_forward_path_is_checked():
 def test_a_hook_on_lora_b_still_sees_its_call():
     fast, plain = _pair(nn.Linear(7, 5))
     calls = []
-    fast.lora_B.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    fast.lora_B["default"].register_forward_hook(lambda m, i, o: calls.append(o.shape))
     x = torch.randn(4, 7, dtype=torch.float64)
     torch.testing.assert_close(fast(x), plain(x))
     assert calls == [(4, 5)]
@@ -123,7 +123,7 @@ def test_a_hook_on_lora_b_still_sees_its_call():
         other(x)
     finally:
         handle.remove()
-    assert any(m is other.lora_B for m in seen)
+    assert any(m is other.lora_B["default"] for m in seen)
 
 
 def test_fused_model_matches_peft_in_training_mode(tokens):
@@ -146,7 +146,7 @@ def test_fused_model_matches_peft_in_training_mode(tokens):
     loss_ours.backward()
     loss_theirs.backward()
     torch.testing.assert_close(loss_ours, loss_theirs)
-    theirs_grads = {n.removeprefix("base_model.model.").replace(".default", ""): p.grad
+    theirs_grads = {n.removeprefix("base_model.model."): p.grad
                     for n, p in theirs.named_parameters() if p.requires_grad}
     for name, p in ours.named_parameters():
         if p.requires_grad:

@@ -55,7 +55,7 @@ def test_dropout_hits_only_the_lora_input_and_only_in_train_mode():
     torch.manual_seed(0)
     layer = lc.LoraLinear(nn.Linear(64, 64), lc.LoraConfig(r=4, lora_dropout=0.5, init_lora_weights=False))
     seen = {}
-    layer.lora_A.register_forward_hook(lambda m, i, o: seen.__setitem__("lora_in", i[0].detach().clone()))
+    layer.lora_A["default"].register_forward_hook(lambda m, i, o: seen.__setitem__("lora_in", i[0].detach().clone()))
     layer.base_layer.register_forward_hook(lambda m, i, o: seen.__setitem__("base_in", i[0].detach().clone()))
     x = torch.randn(8, 64) + 3.0  # no exact zeros in x itself
     A0, B0 = layer.adapter().A.detach().clone(), layer.adapter().B.detach().clone()
@@ -72,7 +72,7 @@ def test_dropout_hits_only_the_lora_input_and_only_in_train_mode():
 
 def test_zero_dropout_has_no_dropout_module():
     layer = lc.LoraLinear(nn.Linear(8, 8), lc.LoraConfig(r=2))
-    assert isinstance(layer.lora_dropout, nn.Identity)
+    assert isinstance(layer.adapter().dropout, nn.Identity) and layer.adapter().dropout is layer.lora_dropout["default"]
 
 
 def test_init_variants():
@@ -165,7 +165,7 @@ def test_merge_and_unload_leaves_a_plain_model(tiny_model, tokens):
     with torch.no_grad():
         adapted = tiny_model(tokens).logits
     plain = lc.merge_and_unload(tiny_model)
-    assert not lc.lora_layers(plain) and not hasattr(plain, "lora_config")
+    assert not lc.lora_layers(plain) and not hasattr(plain, "lora_configs")
     with torch.no_grad():
         torch.testing.assert_close(plain(tokens).logits, adapted, rtol=1e-5, atol=1e-5)
 

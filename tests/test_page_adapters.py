@@ -47,7 +47,7 @@ def test_adapter_page_offers_the_adapter_trained_in_this_session(app_page, adapt
     model, _ = lc.load_model("distilgpt2-random", device="cpu")
     zipfile.ZipFile(io.BytesIO(adapter_zip)).extractall(tmp_path)
     lc.load_adapter(model, tmp_path)
-    finished = SimpleNamespace(status="done", model=model, lora_config=model.lora_config, step=3)
+    finished = SimpleNamespace(status="done", model=model, lora_config=lc.adapter_config(model), step=3)
     at = app_page("adapters", session_state={"finetune:run": finished})      # what the Fine-tuning page keeps
     at.selectbox[0].set_value("distilgpt2-random").run()
     at.radio[0].set_value("the adapter trained in this session").run()
@@ -122,7 +122,7 @@ def test_the_adapter_trained_in_this_session_is_not_called_an_upload(app_page, a
         model, _ = lc.load_model("distilgpt2-random", device="cpu")
         zipfile.ZipFile(io.BytesIO(adapter_zip)).extractall(tmp_path)
         lc.load_adapter(model, tmp_path)
-        finished = SimpleNamespace(status="done", model=model, lora_config=model.lora_config, step=3)
+        finished = SimpleNamespace(status="done", model=model, lora_config=lc.adapter_config(model), step=3)
         at = app_page("adapters", session_state={"finetune:run": finished})
         at.selectbox[0].set_value("distilgpt2-random").run()
         at.radio[0].set_value("the adapter trained in this session").run()

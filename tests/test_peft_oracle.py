@@ -5,7 +5,6 @@ proves nothing, because ΔW = 0.
 """
 
 import copy
-import re
 
 import pytest
 import torch
@@ -127,29 +126,45 @@ MERGE_CASES = {
 }
 
 
-def as_peft_keys(model: torch.nn.Module) -> set[str]:
-    """Our state_dict keys in PEFT's spelling (adapter "default", lora_embedding_*, the PeftModel prefix)."""
-    embeddings = {n for n, layer in lc.lora_layers(model) if isinstance(layer, lc.LoraEmbedding)}
-    keys = set()
-    for key in model.state_dict():
-        owner = key.rsplit(".", 2)[0]
-        if owner in embeddings and key.endswith((".lora_A.weight", ".lora_B.weight")):
-            key = f"{owner}.lora_embedding_{key[-8]}.default"
-        key = re.sub(r"\.lora_([AB])\.weight$", r".lora_\1.default.weight", key)
-        keys.add("base_model.model." + key.replace(".modules_to_save.", ".modules_to_save.default."))
-    return keys
+def peft_keys(theirs: torch.nn.Module) -> set[str]:
+    """PEFT's state_dict keys without the PeftModel's prefix: ours must be exactly these."""
+    return {k.removeprefix("base_model.model.") for k in theirs.state_dict()}
+
+
+@pytest.mark.parametrize("make,kw", CASES.values(), ids=CASES.keys())
+def test_state_dict_keys_modules_and_trainable_names_are_peft_s(make, kw):
+    ours, theirs = build_pair(make, kw)
+    assert set(ours.state_dict()) == peft_keys(theirs)
+    assert {n for n, _ in ours.named_modules() if n} == {
+        n.removeprefix("base_model.model.") for n, _ in theirs.named_modules() if n.startswith("base_model.model.")}
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == {n.removeprefix("base_model.model.") for n, p in theirs.named_parameters() if p.requires_grad}
+    assert trainable and all(".default" in n or ".bias" in n for n in trainable)
+
+
+@pytest.mark.parametrize("adapter_name", ["other", "default"])
+def test_a_named_adapter_has_peft_s_keys_in_memory_and_in_the_file(adapter_name):
+    kw = dict(r=4, lora_alpha=8, target_modules=["c_attn", "wte"], modules_to_save=["ln_f"], bias="lora_only")
+    ours = tiny_gpt2()
+    lc.inject_lora(ours, lc.LoraConfig(init_lora_weights=False, **kw), adapter_name=adapter_name)
+    theirs = get_peft_model(tiny_gpt2(), PeftLoraConfig(init_lora_weights=False, **kw), adapter_name=adapter_name)
+    assert set(ours.state_dict()) == peft_keys(theirs)
+    assert any(f".lora_embedding_A.{adapter_name}" in k for k in ours.state_dict())
+    assert set(lc.adapter_state_dict(ours)) == set(get_peft_model_state_dict(theirs, adapter_name=adapter_name))
+    assert lc.adapter_config(ours, adapter_name) is lc.adapter_config(ours)
+    assert [layer.active_adapters for _, layer in lc.lora_layers(ours)] == [[adapter_name]] * 3
 
 
 @pytest.mark.parametrize("make,kw", MERGE_CASES.values(), ids=MERGE_CASES.keys())
 def test_merged_state_counts_and_keys_match_peft(make, kw):
     ours, theirs = build_pair(make, kw)
     keys = set(ours.state_dict())
-    assert as_peft_keys(ours) == set(theirs.state_dict())
+    assert keys == peft_keys(theirs)
     lc.merge_lora(ours)
     theirs.merge_adapter()                                     # PEFT keeps its LoRA modules, merged
     assert lc.trainable_parameters(ours) == theirs.get_nb_trainable_parameters()
     assert set(ours.state_dict()) == keys                      # no ..._unmerged_weight, nothing else new
-    assert as_peft_keys(ours) == set(theirs.state_dict())
+    assert keys == peft_keys(theirs)
     lc.unmerge_lora(ours)
     theirs.unmerge_adapter()
     assert set(ours.state_dict()) == keys

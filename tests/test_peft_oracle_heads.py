@@ -114,7 +114,7 @@ def test_unknown_task_type_is_refused_as_peft_refuses_it(bad):
 def test_the_issues_sequence_classifier_trains_576_parameters():
     ours, theirs = build_pair(*HEAD_CASES["seq_cls-score"][:2])
     assert lc.trainable_parameters(ours)[0] == theirs.get_nb_trainable_parameters()[0] == 576  # 512 + score 32×2
-    assert ours.lora_config.modules_to_save == ["classifier", "score"]
+    assert lc.adapter_config(ours).modules_to_save == ["classifier", "score"]
 
 
 @pytest.mark.parametrize("make,kw,head", HEAD_CASES.values(), ids=HEAD_CASES.keys())
@@ -174,7 +174,7 @@ def test_a_late_head_that_is_also_a_lora_target_is_refused_as_in_peft(make, task
     before = [n for n, _ in model.named_modules()]
     with pytest.raises(ValueError, match=r"target module '(classifier|qa_outputs)' is also saved in full"):
         lc.inject_lora(model, lc.LoraConfig(r=2, target_modules="all-linear", task_type=task))
-    assert [n for n, _ in model.named_modules()] == before and not hasattr(model, "lora_config")
+    assert [n for n, _ in model.named_modules()] == before and not hasattr(model, "lora_configs")
 
 
 @pytest.mark.parametrize("task", [None, "CAUSAL_LM", "FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"],
@@ -193,7 +193,7 @@ def test_seq_2_seq_lm_changes_nothing_about_the_adapter():
     cfg = lc.LoraConfig(r=2, target_modules=["c_attn"], task_type="SEQ_2_SEQ_LM", init_lora_weights=False)
     model = gpt2_lm()
     lc.inject_lora(model, cfg)
-    assert lc.trainable_parameters(model)[0] == 512 and model.lora_config.modules_to_save is None
+    assert lc.trainable_parameters(model)[0] == 512 and lc.adapter_config(model).modules_to_save is None
 
 
 def test_a_modules_to_save_name_that_matches_nothing_is_still_refused():

@@ -37,7 +37,7 @@ from lora_core.training.run_setup import RunRequest
 LIMIT = 10_000_000
 F32_MAX = torch.finfo(torch.float32).max
 def untouched(model: torch.nn.Module) -> bool:
-    return not lc.lora_layers(model) and not hasattr(model, "lora_config") and not any(
+    return not lc.lora_layers(model) and not hasattr(model, "lora_configs") and not any(
         isinstance(m, ModulesToSaveWrapper) for m in model.modules())
 
 

@@ -107,7 +107,8 @@ def _explain_activations(m: MeasuredMemory, e: MemoryEstimate) -> str:
         upcast: dict[str, int] = defaultdict(int)
         for t in m.saved:
             if t.dtype == "float32" and id(t) not in counted and t.via == "autograd":
-                upcast["LoRA A's input, cast to fp32" if t.module.endswith("lora_A") else t.kind] += t.bytes
+                lora_a = "lora_A" in t.module.split(".")[-2:]  # the module `...lora_A.<adapter name>`
+                upcast["LoRA A's input, cast to fp32" if lora_a else t.kind] += t.bytes
         big = sorted(((v, k) for k, v in upcast.items() if v > 0.01 * m.activations), reverse=True)
         if big:
             parts.append(f"fp32 copies kept under {cfg.weight_dtype} compute, where the estimate counts "

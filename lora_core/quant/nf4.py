@@ -86,7 +86,7 @@ class LoraNF4Linear(LoraLinear):
     W + ΔW would have to be quantized again, and rounding to 16 levels per block would lose most of ΔW.
     """
 
-    def merge(self) -> None:
+    def merge(self, adapter_names: list[str] | None = None) -> None:
         raise ValueError("merge is not allowed on a 4-bit (NF4) base: W + ΔW would have to be quantized "
                          "again, losing most of ΔW. Merge into a full-precision copy of the model instead.")
 

@@ -133,13 +133,13 @@ def trace_dropout(in_features: int = 64, out_features: int = 64, r: int = 4, p: 
     gen = generator(seed)
     cfg = LoraConfig(r=r, lora_dropout=p, init_lora_weights=False)  # B ≠ 0: a live branch
     layer = make_lora_layer(linear(in_features, out_features, gen), cfg, "layer", generator=gen)
-    if isinstance(layer.lora_dropout, nn.Dropout):
-        layer.lora_dropout = GeneratorDropout(layer.lora_dropout.p, gen)
+    if isinstance(layer.adapter().dropout, nn.Dropout):
+        layer.lora_dropout["default"] = GeneratorDropout(layer.adapter().dropout.p, gen)
     layer.train(train)
     A0, B0 = layer.adapter().A.detach().clone(), layer.adapter().B.detach().clone()
     seen: dict[str, torch.Tensor] = {}
     hooks = [layer.base_layer.register_forward_pre_hook(lambda m, a: seen.update(base_in=a[0].detach())),
-             layer.lora_A.register_forward_pre_hook(lambda m, a: seen.update(branch_in=a[0].detach()))]
+             layer.lora_A["default"].register_forward_pre_hook(lambda m, a: seen.update(branch_in=a[0].detach()))]
     x = torch.randn(tokens, in_features, generator=gen)
     try:
         with torch.no_grad():
@@ -280,7 +280,7 @@ def added_not_selected(model: str, cfg: LoraConfig) -> dict:
     counts = dict.fromkeys(("lora", "saved_copies", "base_trainable", "base_frozen"), 0)
     trainable_old_names = set()
     for name, p in meta.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
+        if ".lora_" in name:  # lora_A, lora_B, and an Embedding's lora_embedding_A / _B
             counts["lora"] += p.numel()
         elif ".modules_to_save." in name:
             counts["saved_copies"] += p.numel()

@@ -151,7 +151,7 @@ class Trainer:
         self.cfg = cfg = cfg or TrainConfig()
         self.model, self.tokenizer, self.dataset = model, tokenizer, dataset
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not trainable or not (full_finetune or hasattr(model, "lora_config")):
+        if not trainable or not (full_finetune or hasattr(model, "lora_configs")):
             raise ValueError("model has no LoRA adapter to train: call lc.inject_lora(model, cfg) first")
         self.names = [n for n, _ in trainable]
         self.params = [p for _, p in trainable]
