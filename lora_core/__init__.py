@@ -6,7 +6,7 @@
     lc.trainable_parameters(model)                       # (trainable, total), as PEFT counts them
     print(lc.count_lora_parameters("distilgpt2", cfg))   # the ledger on the meta device; no weights
 
-This root is the library: config, layers (and their fused fast path), inject, merging, PEFT files,
+This root is the library: config, layers (and their fused fast path), inject, named adapters, merging, PEFT files,
 counting, spectrum, sharing and device, DoRA's math, combining adapters (TIES, DARE) and the
 LoRA+ / LoRA-FA optimizers, plus where models come from (models/) and the 4-bit base (quant/). Its uses live in
 subpackages that import it, never the reverse: training/ (data, Trainer, metrics, the finetune CLI),
@@ -20,6 +20,7 @@ This package never imports streamlit.
 """
 
 from . import combining, dora, spectrum
+from .adapters import active_adapters, add_adapter, delete_adapter, set_adapter
 from .config import LoraConfig
 from .counting import Ledger, count_lora_parameters, ledger_of
 from .device import autocast, describe_device, pick_device
@@ -57,9 +58,11 @@ __all__ = [
     "ModelUnavailableError",
     "ModulesToSaveWrapper",
     "NF4Linear",
+    "active_adapters",
     "adapter_config",
     "adapter_state_dict",
     "adapter_zip",
+    "add_adapter",
     "autocast",
     "build_on_meta",
     "candidate_modules",
@@ -67,6 +70,7 @@ __all__ = [
     "count_lora_parameters",
     "create_lorafa_optimizer",
     "create_loraplus_optimizer",
+    "delete_adapter",
     "describe_device",
     "disable_lora",
     "dora",
@@ -90,6 +94,7 @@ __all__ = [
     "reduce_intruder_dimension",
     "remove_lora",
     "save_adapter",
+    "set_adapter",
     "shared_base_copy",
     "shares_storage",
     "singular_values",

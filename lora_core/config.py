@@ -13,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NoReturn
 
+import torch.nn as nn
+
 BIAS_MODES = ("none", "all", "lora_only")
 ALL_LINEAR = "all-linear"
 # PEFT 0.21's TaskType (peft/utils/peft_types.py). task_type picks PEFT's wrapper class (PeftModelFor...);
@@ -34,6 +36,22 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
 def reject(name: str, value: Any, allowed: str) -> NoReturn:
     """Raise the ValueError every bad input gets: the field, the value, and what is allowed."""
     raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+RESERVED_ADAPTER_NAMES = ("__base__",)  # PEFT's name for "no adapter" in a mixed batch
+
+
+def check_adapter_name(name: object) -> None:
+    """ValueError unless `name` can name an adapter: it keys nn.ModuleDicts and, when saved, a folder."""
+    if not isinstance(name, str) or not name:
+        reject("adapter_name", name, "give a non-empty string, e.g. 'default'")
+    if "." in name or "/" in name or "\\" in name:
+        reject("adapter_name", name, "it may not contain '.' (a module path separator) or '/' and '\\' (it names a "
+                                     "folder when saved)")
+    if name in RESERVED_ADAPTER_NAMES:
+        reject("adapter_name", name, "'__base__' means the base model without any adapter in PEFT's mixed batches")
+    if hasattr(nn.ModuleDict(), name) or hasattr(nn.ParameterDict(), name):
+        reject("adapter_name", name, "it is an attribute of nn.ModuleDict, which cannot hold a module under that key")
 
 
 def _names(value: Any) -> bool:

@@ -32,6 +32,7 @@ class LedgerRow:
     r: int
     weight_params: int     # parameters in one frozen weight: in·out (times kh·kw for Conv2d)
     lora_per_module: int   # A and B of one module: r·(in + out) (A is r·in·kh·kw for Conv2d)
+    adapter: str = "default"  # the adapter these factors belong to (one row per kind and adapter)
 
     @property
     def lora_params(self) -> int:
@@ -48,6 +49,7 @@ class Ledger:
     total: int              # all unique parameters after injection (PEFT's "all params")
     base_total: int         # the model before LoRA
     wrapped: list[str] = field(repr=False, default_factory=list)
+    frozen_lora: int = 0    # factors that do not train: inactive adapters, A under LoRA-FA
 
     @property
     def lora_params(self) -> int:
@@ -56,7 +58,7 @@ class Ledger:
     @property
     def other_trainable(self) -> int:
         """Biases (bias='all'/'lora_only') and modules_to_save copies."""
-        return self.trainable - self.lora_params
+        return self.trainable - (self.lora_params - self.frozen_lora)
 
     @property
     def trainable_percent(self) -> float:
@@ -66,17 +68,26 @@ class Ledger:
     def peft_line(self) -> str:
         return peft_line(self.trainable, self.total)
 
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters in the rows, in order."""
+        return list(dict.fromkeys(r.adapter for r in self.rows))
+
     def records(self) -> list[dict]:
-        """One dict per row, for tables."""
-        return [{"module": r.module, "type": r.layer_type, "in": r.in_features, "out": r.out_features,
-                 "count": r.count, "weight params": r.weight_params, "r·(in+out)": r.lora_per_module,
-                 "LoRA params": r.lora_params} for r in self.rows]
+        """One dict per row, for tables (with the adapter's name when there are several)."""
+        named = len(self.adapters) > 1
+        return [({"adapter": r.adapter} if named else {}) | {
+            "module": r.module, "type": r.layer_type, "in": r.in_features, "out": r.out_features, "count": r.count,
+            "weight params": r.weight_params, "r·(in+out)": r.lora_per_module, "LoRA params": r.lora_params}
+            for r in self.rows]
 
     def __str__(self) -> str:
         head = f"{'module':<42} {'type':<9} {'in→out':>12} {'×':>4} {'r·(in+out)':>11} {'LoRA params':>13}"
         lines = [f"LoRA ledger for {self.model}", head, "-" * len(head)]
+        named = len(self.adapters) > 1
         for r in self.rows:
-            lines.append(f"{r.module:<42} {r.layer_type:<9} {f'{r.in_features}→{r.out_features}':>12} "
+            module = f"{r.module} [{r.adapter}]" if named else r.module
+            lines.append(f"{module:<42} {r.layer_type:<9} {f'{r.in_features}→{r.out_features}':>12} "
                          f"{r.count:>4} {r.lora_per_module:>11,} {r.lora_params:>13,}")
         lines.append("-" * len(head))
         lines.append(f"{'LoRA factors':<42} {'':<9} {'':>12} {'':>4} {'':>11} {self.lora_params:>13,}")
@@ -101,17 +112,19 @@ def _weight_params(layer: LoraLayer) -> int:
 def ledger_of(model: nn.Module, name: str = "model") -> Ledger:
     """Tabulate a model that already has LoRA injected (any device, meta included)."""
     groups: dict[tuple, int] = {}
+    frozen = 0
     for layer_name, layer in lora_layers(model):
-        adapter = layer.adapter()
-        key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features, adapter.r,
-               _weight_params(layer), adapter.A.numel() + adapter.B.numel())
-        groups[key] = groups.get(key, 0) + 1
+        for adapter in (layer.adapter(name) for name in layer.r):
+            key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features,
+                   adapter.r, _weight_params(layer), adapter.A.numel() + adapter.B.numel(), adapter.name)
+            groups[key] = groups.get(key, 0) + 1
+            frozen += sum(p.numel() for p in (adapter.A, adapter.B) if not p.requires_grad)
     rows = [LedgerRow(*k[:4], count, *k[4:]) for k, count in groups.items()]
     trainable, total = trainable_parameters(model)
     lora = sum(r.lora_params for r in rows)
     saved_copies = sum(p.numel() for n, p in model.named_parameters() if ".modules_to_save." in n)
     return Ledger(name, rows, trainable, total, total - lora - saved_copies,
-                  [n for n, _ in lora_layers(model)])
+                  [n for n, _ in lora_layers(model)], frozen)
 
 
 def count_lora_parameters(model: str | PretrainedConfig | nn.Module, cfg: LoraConfig) -> Ledger:

@@ -29,12 +29,12 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .config import ALL_LINEAR, LoraConfig
+from .config import ALL_LINEAR, LoraConfig, check_adapter_name
 from .layers import (
     DISPATCH,
     LINEAR_TYPES,
     LoraLayer,
-    check_adapter_name,
+    LoraLinear,
     check_lora_target,
     is_supported,
     make_lora_layer,
@@ -118,8 +118,8 @@ def _target_test(targets: list[str] | str, cfg: LoraConfig) -> Callable[[str], b
 def _resolved_targets(model: nn.Module, cfg: LoraConfig) -> list[str] | str:
     if cfg.target_modules == ALL_LINEAR:
         out = output_layer_name(model)
-        return sorted(n for n, m in model.named_modules()
-                      if isinstance(m, (*LINEAR_TYPES, *DISPATCH)) and n != out)  # a quantized Linear, too
+        return sorted(n for n, m in model.named_modules()  # a quantized Linear, and an adapted Linear, too
+                      if isinstance(m, (*LINEAR_TYPES, *DISPATCH, LoraLinear)) and n != out)
     if cfg.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULT_TARGETS:
@@ -135,14 +135,20 @@ def _saved_before_matching(cfg: LoraConfig) -> list[str]:
 
 
 def matched_modules(model: nn.Module, cfg: LoraConfig) -> list[str]:
-    """Full names of the modules `cfg` targets in `model`, in model order (may be empty)."""
+    """Full names of the modules `cfg` targets in `model`, in model order (may be empty).
+
+    On a model with LoRA already, a LoRA layer is matched as the layer it wraps, and nothing inside it (or
+    inside a module saved in full) is a target: adapters are never nested (PEFT's inject_adapter).
+    """
     targets = _resolved_targets(model, cfg)
     saved = _saved_before_matching(cfg)
     is_target = _target_test(targets, cfg)
+    inside = tuple(n + "." for n, m in model.named_modules() if isinstance(m, (LoraLayer, ModulesToSaveWrapper)))
     names = []
     for name, _ in model.named_modules():
-        if not name or any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
-            continue  # PEFT never puts an adapter inside a module it saves in full
+        if not name or name.startswith(inside) or any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name)
+                                                      for m in saved):
+            continue  # PEFT never puts an adapter inside a module it saves in full, nor inside an adapter
         if is_target(name):
             names.append(name)
     return names
@@ -168,10 +174,11 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
     """
     check_adapter_name(adapter_name)
     if any(isinstance(m, (LoraLayer, ModulesToSaveWrapper)) for m in model.modules()):
-        raise ValueError("model already has LoRA layers: inject once, or call remove_lora(model) first")
+        raise ValueError("model already has LoRA layers: inject once, or call remove_lora(model) first "
+                         "(add_adapter(model, name, cfg) adds another adapter)")
     names = matched_modules(model, cfg)
     if not names:
-        raise ValueError(_no_targets_message(model, cfg))
+        raise ValueError(no_targets_message(model, cfg))
     modules = dict(model.named_modules())
     for name in names:  # validate first: layer type, rank, init, with the layer named
         check_lora_target(modules[name], cfg, name)
@@ -186,18 +193,7 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
                          f"{cfg.saved_module_names()!r}, task_type={cfg.task_type!r}): a module can get LoRA or "
                          "be trained as a copy, not both; leave it out of target_modules")
     # Every check has passed: from here on nothing raises, so the model is never half-injected.
-    # PEFT writes each Linear/Conv1D's layout back into its config as it goes (and warns when that
-    # flips the flag), so the flag one layer sees is the one the layer before it left, and the file
-    # gets the last one. cfg.fan_in_fan_out=None (ours) leaves every layer to its type, silently.
-    layers, flag, settled = {}, cfg.fan_in_fan_out, bool(cfg.fan_in_fan_out)
-    for name in names:  # in model order, as PEFT's injection loop
-        layers[name] = layer = make_lora_layer(modules[name], cfg, name, generator=generator, fan_in_fan_out=flag,
-                                               adapter_name=adapter_name)
-        if isinstance(modules[name], LINEAR_TYPES) and not isinstance(modules[name], tuple(DISPATCH)):
-            settled = layer.fan_in_fan_out
-            flag = settled if flag is not None else None
-    for name, layer in layers.items():
-        _set_submodule(model, name, layer)
+    settled = wrap_targets(model, names, cfg, generator, adapter_name, active=[adapter_name])
     for name in saved:
         _set_submodule(model, name, ModulesToSaveWrapper(model.get_submodule(name), adapter_name))
     _mark_trainable(model, cfg.bias)
@@ -207,7 +203,35 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
     return names
 
 
-def _no_targets_message(model: nn.Module, cfg: LoraConfig) -> str:
+def wrap_targets(model: nn.Module, names: list[str], cfg: LoraConfig, generator: torch.Generator | None,
+                 adapter_name: str, active: list[str]) -> bool:
+    """Give every target in `names` adapter `adapter_name`, already checked; returns the settled fan_in_fan_out.
+
+    A target that is a LoRA layer already gets the adapter beside its others (`update_layer`); any other is
+    wrapped, with `active` as its active adapters. PEFT writes each new Linear/Conv1D's layout back into its
+    config as it goes (and warns when that flips the flag), so the flag one layer sees is the one the layer
+    before it left, and the file gets the last one. cfg.fan_in_fan_out=None (ours) leaves every layer to its
+    type, silently.
+    """
+    modules = dict(model.named_modules())
+    new, flag, settled = {}, cfg.fan_in_fan_out, bool(cfg.fan_in_fan_out)
+    for name in names:  # in model order, as PEFT's injection loop
+        target = modules[name]
+        if isinstance(target, LoraLayer):  # an existing layout stays as it is
+            target.update_layer(adapter_name, cfg, generator)
+            continue
+        new[name] = layer = make_lora_layer(target, cfg, name, generator=generator, fan_in_fan_out=flag,
+                                            adapter_name=adapter_name)
+        layer.active_adapters = list(active)
+        if isinstance(target, LINEAR_TYPES) and not isinstance(target, tuple(DISPATCH)):
+            settled = layer.fan_in_fan_out
+            flag = settled if flag is not None else None
+    for name, layer in new.items():
+        _set_submodule(model, name, layer)
+    return settled
+
+
+def no_targets_message(model: nn.Module, cfg: LoraConfig) -> str:
     """Why nothing matched: no such module, or (PEFT's NoMatchingPeftModuleError) all of them are saved in full."""
     if _saved_before_matching(cfg):
         hidden = matched_modules(model, dataclasses.replace(cfg, modules_to_save=None, task_type=None))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .inject import lora_layers
+from .inject import adapter_layers, lora_layers
 from .layers import LoraLayer
 
 TOP_K, THRESHOLD_EPSILON, MITIGATION_LAMBDA = 10, 0.5, 0.75  # PEFT 0.21's defaults
@@ -104,14 +104,15 @@ def reduced_factors(layer: LoraLayer, top_k: int = TOP_K, threshold_epsilon: flo
 @torch.no_grad()
 def reduce_intruder_dimension(model: nn.Module, top_k: int = TOP_K, threshold_epsilon: float = THRESHOLD_EPSILON,
                               mitigation_lambda: float = MITIGATION_LAMBDA) -> dict[str, IntruderReport]:
-    """Shrink the intruder dimensions of every LoRA layer of `model`, in place; returns each layer's report.
+    """Shrink the intruder dimensions of the active adapter in every LoRA layer of `model`, in place; returns
+    each layer's report.
 
-    PEFT writes the result to a new adapter and activates it; lora_core keeps one adapter per layer, so the
-    factors are replaced (save the adapter first to keep the original). Merged layers are refused.
+    PEFT writes the result to a new adapter and activates it; here the active adapter's factors are replaced
+    (save the adapter first to keep the original). Merged layers are refused.
     """
-    layers = lora_layers(model)
-    if not layers:
+    if not lora_layers(model):
         raise ValueError("model has no LoRA layer: call lc.inject_lora(model, cfg) and train it first")
+    layers = adapter_layers(model)
     if merged := [n for n, layer in layers if layer.merged]:
         raise ValueError(f"layer {merged[0]!r} is merged: unmerge_lora(model) first, then reduce")
     if other := [(n, layer) for n, layer in layers if layer.adapter().B.ndim != 2]:

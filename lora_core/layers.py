@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
 from . import fused
-from .config import LoraConfig
+from .config import LoraConfig, check_adapter_name
 from .inits import init_factors
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
@@ -102,24 +102,6 @@ def factor(kind: type[nn.Module], *args, device: torch.device, dtype: torch.dtyp
 def adapter_dtype(dtype: torch.dtype) -> torch.dtype:
     """LoRA factors train in fp32 when the base is fp16/bf16 (PEFT's autocast_adapter_dtype)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-RESERVED_ADAPTER_NAMES = ("__base__",)  # PEFT's name for "no adapter" in a mixed batch
-
-
-def check_adapter_name(name: object) -> None:
-    """ValueError unless `name` can name an adapter: it keys nn.ModuleDicts and, when saved, a folder."""
-    why = None
-    if not isinstance(name, str) or not name:
-        why = "give a non-empty string, e.g. 'default'"
-    elif "." in name or "/" in name or "\\" in name:
-        why = "it may not contain '.' (a module path separator) or '/' and '\\' (it names a folder when saved)"
-    elif name in RESERVED_ADAPTER_NAMES:
-        why = "'__base__' means the base model without any adapter in PEFT's mixed batches"
-    elif hasattr(nn.ModuleDict(), name) or hasattr(nn.ParameterDict(), name):
-        why = "it is an attribute of nn.ModuleDict, which cannot hold a module under that key"
-    if why:
-        raise ValueError(f"adapter_name={name!r} is not allowed: {why}")
 
 
 class Adapter(NamedTuple):
@@ -182,6 +164,26 @@ class LoraLayer(nn.Module):
 
     def _new_factors(self, name: str, r: int, generator: torch.Generator | None) -> None:
         raise NotImplementedError
+
+    def set_adapter(self, adapter_names: list[str], inference_mode: bool = False) -> None:
+        """Make `adapter_names` active (PEFT's set_adapter): their factors train unless `inference_mode`,
+        every other adapter's are frozen. Names this layer lacks are kept, as in PEFT, and add nothing."""
+        for name in self.r:
+            a = self.adapter(name)
+            a.A.requires_grad_(name in adapter_names and not inference_mode)
+            a.B.requires_grad_(name in adapter_names and not inference_mode)
+        self.active_adapters = list(adapter_names)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove adapter `adapter_name` (not merged) from this layer and from its active adapters."""
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"adapter_name={adapter_name!r} is merged into this layer: unmerge() first")
+        for container in (*(getattr(self, n) for n in self.adapter_layer_names), self.lora_dropout):
+            if adapter_name in container:
+                del container[adapter_name]
+        for numbers in (self.r, self.lora_alpha, self.use_rslora, self.scaling):
+            numbers.pop(adapter_name, None)
+        self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
 
     def adapter(self, name: str | None = None) -> Adapter:
         """Adapter `name` of this layer (None: the one active adapter it holds), as a view of its parts."""

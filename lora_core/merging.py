@@ -9,6 +9,7 @@ it bit for bit. `.eval()` never merges.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch.nn as nn
@@ -39,8 +40,14 @@ def merge_lora(model: nn.Module, adapter_names: list[str] | None = None) -> None
 
 
 def unmerge_lora(model: nn.Module) -> None:
-    """Undo `merge_lora`, restoring the original weights bit for bit."""
-    for _, layer in lora_layers(model):
+    """Undo `merge_lora` for every adapter, restoring the original weights bit for bit (PEFT's `unmerge_adapter`).
+
+    A layer that holds no merged adapter is left alone; if no layer is merged, this warns and does nothing.
+    """
+    merged = [layer for _, layer in lora_layers(model) if layer.merged]
+    if not merged:
+        warnings.warn("LoRA layers are not merged; unmerge_lora() did nothing.", stacklevel=2)
+    for layer in merged:
         layer.unmerge()
 
 

@@ -260,7 +260,7 @@ def create_lorafa_optimizer(model: nn.Module, r: int, lora_alpha: float, lr: flo
     _check_non_negative("weight_decay", weight_decay)
     if use_rslora not in (None, True, False):
         reject("use_rslora", use_rslora, "use True, False or None (None: the model's own setting)")
-    adapters = [layer.adapter() for layer in layers]
+    adapters = [layer.adapter(n) for layer in layers for n in layer.active_adapters if n in layer.r]
     for name, value in (("r", r), ("lora_alpha", lora_alpha), ("use_rslora", use_rslora)):
         held = sorted({getattr(adapter, name) for adapter in adapters})
         if value is not None and held != [value]:

@@ -19,10 +19,11 @@ import torch
 from .layers import LoraLayer
 
 
-def singular_values(layer: LoraLayer) -> torch.Tensor:
-    """The r singular values of the layer's ΔW, largest first, without forming ΔW (fp32, CPU)."""
-    B, A = layer.factors()  # (out, r), (r, in)
-    return factor_singular_values(B, A, layer.adapter().scaling)
+def singular_values(layer: LoraLayer, adapter_name: str | None = None) -> torch.Tensor:
+    """The r singular values of ΔW of the layer's adapter `adapter_name` (None: the active one), largest first,
+    without forming ΔW (fp32, CPU)."""
+    B, A = layer.factors(adapter_name)  # (out, r), (r, in)
+    return factor_singular_values(B, A, layer.adapter(adapter_name).scaling)
 
 
 def factor_singular_values(B: torch.Tensor, A: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
@@ -61,17 +62,18 @@ def _unit_scaled(M: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
     return (M if exponent == 0 else (M.double() * 2.0 ** -exponent).float()), exponent
 
 
-def all_singular_values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """{layer name: σ(ΔW)} for every LoRA layer of `model`, in model order (fp32, CPU).
+def all_singular_values(model: torch.nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """{layer name: σ(ΔW)} for every LoRA layer of `model` holding adapter `adapter_name` (None: the active one),
+    in model order (fp32, CPU).
 
     A plain loop over `singular_values`: stacking the layers that share a shape into one batched
     QR/SVD was measured *slower* on CPU (torch loops over LAPACK per matrix anyway, after copying
     the stack), while the R-only QR below already does distilgpt2's 24 all-linear adapters in
     about a millisecond at r = 8 (docs/performance.md has the numbers).
     """
-    from .inject import lora_layers
+    from .inject import adapter_layers
 
-    return {name: singular_values(layer) for name, layer in lora_layers(model)}
+    return {name: singular_values(layer, adapter_name) for name, layer in adapter_layers(model, adapter_name)}
 
 
 def energy_captured(sv: torch.Tensor, k: int) -> float:
@@ -189,17 +191,18 @@ def spectrum_report(layer: LoraLayer) -> dict:
             "factors_ms": t_factors * 1e3, "full_ms": t_full * 1e3}
 
 
-def adapter_report(model: torch.nn.Module) -> list[dict]:
-    """Per LoRA layer: ‖ΔW‖_F, ‖W‖_F, their ratio, and ΔW's singular values (from the factors).
+def adapter_report(model: torch.nn.Module, adapter_name: str | None = None) -> list[dict]:
+    """Per LoRA layer holding adapter `adapter_name` (None: the active one): ‖ΔW‖_F, ‖W‖_F, their ratio, and ΔW's
+    singular values (from the factors).
 
     ‖ΔW‖_F = sqrt(Σ σᵢ²), so nothing (out × in) is formed for ΔW; ‖W‖_F reads the frozen weight.
     """
-    from .inject import lora_layers
+    from .inject import adapter_layers
 
     rows = []
-    for name, layer in lora_layers(model):
+    for name, layer in adapter_layers(model, adapter_name):
         try:
-            sv = singular_values(layer)
+            sv = singular_values(layer, adapter_name)
         except ValueError as e:
             raise ValueError(f"LoRA layer {name!r}: {e}") from None
         delta = float(sv.double().square().sum().sqrt())
@@ -207,5 +210,5 @@ def adapter_report(model: torch.nn.Module) -> list[dict]:
         weight = float(w.detach().float().norm())
         rows.append({"layer": name, "delta_norm": delta, "weight_norm": weight,
                      "relative": delta / weight if weight else float("nan"), "singular_values": sv,
-                     "A": layer.adapter().A.detach().float().flatten(1).cpu()})
+                     "A": layer.adapter(adapter_name).A.detach().float().flatten(1).cpu()})
     return rows

@@ -162,7 +162,13 @@ LORAFA_CASES = {  # id: (model, config, weight_decay)
 
 
 def lorafa_pair(make, kw, weight_decay, **ours_options):
-    """Both models, and each library's LoRA-FA optimizer over its own model."""
+    """Both models, and each library's LoRA-FA optimizer over its own model.
+
+    The factors come from the global RNG (init_lora_weights=False, no generator), seeded here so that the
+    test does not depend on the tests run before it: an embedding's B moves little under LoRA-FA (its
+    projected gradient is near Adam's eps), so whether it clears the 1e-3 check below depends on the draw.
+    """
+    torch.manual_seed(0)
     ours, theirs = build_pair(make, kw)
     r, alpha = kw["r"], kw["lora_alpha"]
     ours_opt = create_lorafa_optimizer(ours, r, alpha, lr=1e-2, weight_decay=weight_decay, **ours_options)

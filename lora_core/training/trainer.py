@@ -121,19 +121,17 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def delta_norm(model: nn.Module) -> float:
-    """Mean ‖ΔW‖_F over the LoRA layers, from the factors alone (no (out, in) matrix is built).
+    """Mean ‖ΔW‖_F over the LoRA layers' active adapters, from the factors alone (no (out, in) matrix is built).
 
     ‖B A‖_F² = tr(Aᵀ Bᵀ B A) = Σ_ij (BᵀB)_ij (A Aᵀ)_ij, two (r, r) Gram matrices.
     """
-    layers = lora_layers(model)
-    if not layers:
-        return 0.0
     norms = []
-    for _, layer in layers:
-        B, A = (f.float() for f in layer.factors())  # (out, r), (r, in)
-        squared = ((B.T @ B) * (A @ A.T)).sum()        # (r, r) * (r, r) -> ‖BA‖_F²
-        norms.append(layer.adapter().scaling * squared.clamp_min(0).sqrt())  # clamp: rounding can dip below 0
-    return torch.stack(norms).mean().item()  # one device sync, not one per layer
+    for _, layer in lora_layers(model):
+        for name in (n for n in layer.active_adapters if n in layer.r):
+            B, A = (f.float() for f in layer.factors(name))  # (out, r), (r, in)
+            squared = ((B.T @ B) * (A @ A.T)).sum()          # (r, r) * (r, r) -> ‖BA‖_F²
+            norms.append(layer.scaling[name] * squared.clamp_min(0).sqrt())  # clamp: rounding can dip below 0
+    return torch.stack(norms).mean().item() if norms else 0.0  # one device sync, not one per layer
 
 
 def _max_positions(model: nn.Module) -> int | None:
