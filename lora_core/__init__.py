@@ -7,16 +7,19 @@
     print(lc.count_lora_parameters("distilgpt2", cfg))   # the ledger on the meta device; no weights
 
 This root is the library: config, layers (and their fused fast path), inject, merging, PEFT files,
-counting, spectrum, sharing and device, plus where models come from (models/) and the 4-bit base
-(quant/). Its uses live in subpackages that import it, never the reverse: training/ (data, Trainer,
-metrics, the finetune CLI), teach/ (what pages and lessons show), serve/ (a shared server's settings,
-queue and upload checks), bench/ (the benchmark) and viz/ (plotly figures).
+counting, spectrum, sharing and device, DoRA's math, combining adapters (TIES, DARE) and the
+LoRA+ / LoRA-FA optimizers, plus where models come from (models/) and the 4-bit base (quant/). Its uses live in
+subpackages that import it, never the reverse: training/ (data, Trainer, metrics, the finetune CLI),
+teach/ (what pages and lessons show), serve/ (a shared server's settings, queue and upload checks),
+research/ (paper replays), bench/ (the benchmark) and viz/ (plotly figures).
 
-References: LoRA (arXiv 2106.09685), QLoRA (arXiv 2305.14314), rsLoRA (arXiv 2312.03732).
+References: LoRA (arXiv 2106.09685), QLoRA (arXiv 2305.14314), rsLoRA (arXiv 2312.03732), OLoRA
+(arXiv 2406.01775), DoRA (arXiv 2402.09353), TIES (arXiv 2306.01708), DARE (arXiv 2311.03099), LoRA+ (arXiv 2402.12354),
+LoRA-FA (arXiv 2308.03303).
 This package never imports streamlit.
 """
 
-from . import spectrum
+from . import combining, dora, spectrum
 from .config import LoraConfig
 from .counting import Ledger, count_lora_parameters, ledger_of
 from .device import autocast, describe_device, pick_device
@@ -34,6 +37,7 @@ from .intruders import IntruderReport, intruder_dimensions, reduce_intruder_dime
 from .layers import LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear
 from .merging import disable_lora, merge_and_unload, merge_lora, unmerge_lora
 from .models import ModelUnavailableError, build_on_meta, load_config, load_model
+from .optimizers import LoraFAOptimizer, create_lorafa_optimizer, create_loraplus_optimizer
 from .peft_io import adapter_state_dict, adapter_zip, load_adapter, read_adapter_config, save_adapter
 from .quant import NF4Linear, quantize_model
 from .sharing import shared_base_copy, shares_storage
@@ -45,6 +49,7 @@ __all__ = [
     "LoraConfig",
     "LoraConv2d",
     "LoraEmbedding",
+    "LoraFAOptimizer",
     "LoraLayer",
     "LoraLinear",
     "ModelUnavailableError",
@@ -55,9 +60,13 @@ __all__ = [
     "autocast",
     "build_on_meta",
     "candidate_modules",
+    "combining",
     "count_lora_parameters",
+    "create_lorafa_optimizer",
+    "create_loraplus_optimizer",
     "describe_device",
     "disable_lora",
+    "dora",
     "effective_rank",
     "energy_captured",
     "factor_singular_values",

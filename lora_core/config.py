@@ -51,7 +51,7 @@ class LoraConfig:
     lora_dropout: float = 0.0       # dropout on the LoRA branch's *input* x, in train mode only
     bias: str = "none"              # which biases also train: "none" | "all" | "lora_only"
     use_rslora: bool = False        # rank-stabilised scaling alpha / sqrt(r)
-    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B zero | "gaussian" | False | "pissa"
+    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B zero | "gaussian" | False | "pissa" | "olora"
     layers_to_transform: list[int] | int | None = None  # only these layer indices (list targets)
     layers_pattern: list[str] | str | None = None       # the name before the index, e.g. "h" or "layers"
     modules_to_save: list[str] | None = None  # modules trained in full, as a trainable copy
@@ -84,8 +84,8 @@ class LoraConfig:
         if self.bias not in BIAS_MODES:
             reject("bias", self.bias, f"use one of {', '.join(map(repr, BIAS_MODES))}")
         init = self.init_lora_weights
-        if not (init is True or init is False or init in ("gaussian", "pissa")):
-            reject("init_lora_weights", self.init_lora_weights, "use True, False, 'gaussian' or 'pissa'")
+        if not (init is True or init is False or init in ("gaussian", "pissa", "olora")):
+            reject("init_lora_weights", self.init_lora_weights, "use True, False, 'gaussian', 'pissa' or 'olora'")
         self.target_modules = self._check_targets(self.target_modules)
         if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
             self.layers_to_transform = [self.layers_to_transform]

@@ -22,8 +22,9 @@ class FusedLoraLinear(torch.autograd.Function):
 
     Forward: the base GEMM writes the output, then one addmm_ adds s · h Bᵀ into it in place (h = x' Aᵀ
     is (N, r)). Backward: dx = g Wᵀ, then dx += dh A in place, instead of two (N, in) tensors summed by
-    autograd. Saved: the base input x (autograd saves it for the base GEMM anyway), the r-wide h, and
-    x' only when dropout made it a different tensor. With a bf16 base and fp32 factors the LoRA half
+    autograd. Saved: only what the backward reads. The base input x when W or A needs a gradient (a frozen
+    W and a frozen A, as in LoRA-FA, keep no x), the r-wide h when B does, and x' only when dropout made
+    it a different tensor. With a bf16 base and fp32 factors the LoRA half
     runs in fp32 and x is recast in the backward instead of keeping an fp32 copy alive.
     """
 
@@ -40,7 +41,12 @@ class FusedLoraLinear(torch.autograd.Function):
             out = out.to(h.dtype).addmm_(h, B.T, alpha=scaling).to(out.dtype)
         ctx.scaling, ctx.fan_in_fan_out = scaling, fan_in_fan_out
         ctx.x_shape, ctx.xa_shape = x.shape, None if xa is None else xa.shape
-        ctx.save_for_backward(x2, None if xa is None else xa2, h, weight, A, B)
+        # Keep only what the backward will read: x for W's or A's gradient (a frozen W and a frozen A, as
+        # in LoRA-FA, need no copy of x), x' for A's when dropout made it, h for B's.
+        need_w, need_A, need_B = ctx.needs_input_grad[2], ctx.needs_input_grad[4], ctx.needs_input_grad[5]
+        keep_x = need_w or (need_A and xa is None)
+        keep_xa = need_A and xa is not None
+        ctx.save_for_backward(x2 if keep_x else None, xa2 if keep_xa else None, h if need_B else None, weight, A, B)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod

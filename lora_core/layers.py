@@ -16,6 +16,8 @@ exactly as PEFT's do. With one, the factors are built on the meta device (nn.Lin
 draw from the global RNG) and filled from that generator alone: a shared server never moves the
 process-wide stream, and the same seed gives the same factors on any device.
 
+How the factors start (init_lora_weights, PiSSA, OLoRA) is inits.py.
+
 Merging is explicit and out of place: `merge()` swaps in a new weight W + ΔW (computed in fp32)
 and keeps the original tensor, so a frozen base shared by several models is never written and
 `unmerge()` restores W bit for bit. `.eval()` never merges (loralib's trap).
@@ -30,7 +32,6 @@ its base type and the LoRA layer that wraps it (`register_dispatch`).
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -40,6 +41,7 @@ from transformers.pytorch_utils import Conv1D
 
 from . import fused
 from .config import LoraConfig
+from .inits import init_factors
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
 SUPPORTED_TYPES = (*LINEAR_TYPES, nn.Embedding, nn.Conv2d)
@@ -268,69 +270,6 @@ class LoraConv2d(LoraLayer):
         return self.lora_B(self.lora_A(x)) * self.scaling
 
 
-def _draw(t: torch.Tensor, generator: torch.Generator | None, fill) -> None:
-    """fill(tensor, generator=...) into `t`, drawn on the generator's own device when one is given."""
-    if generator is None or t.is_meta:
-        fill(t, generator=None)
-        return
-    drawn = torch.empty(t.shape, dtype=t.dtype, device=generator.device)
-    fill(drawn, generator=generator)
-    t.copy_(drawn)
-
-
-def _kaiming(t: torch.Tensor, generator: torch.Generator | None = None) -> None:
-    nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=generator)  # nn.Linear's own default init
-
-
-def init_factors(layer: LoraLayer, init: bool | str, generator: torch.Generator | None = None) -> None:
-    """PEFT's reset_lora_parameters, plus PiSSA; random draws come from `generator` when given."""
-    A, B = layer.lora_A.weight, layer.lora_B.weight
-    with torch.no_grad():
-        if init is False:  # both random: a non-zero ΔW from step 0 (tests, demos)
-            if isinstance(layer, LoraEmbedding):
-                _draw(A, generator, lambda t, generator: t.normal_(generator=generator))
-                _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
-            elif generator is not None:  # built on meta: give A and B what nn.Linear / nn.Conv2d would
-                _draw(A, generator, _kaiming)
-                _draw(B, generator, _kaiming)
-            return  # without a generator, nn.Linear / nn.Conv2d already gave A and B their Kaiming init
-        if isinstance(layer, LoraEmbedding):
-            # PEFT follows loralib here: A zero, B normal (ΔW = 0 all the same)
-            A.zero_()
-            _draw(B, generator, lambda t, generator: t.normal_(generator=generator))
-            return
-        if init == "pissa":
-            pissa_init(layer)
-            return
-        if init == "gaussian":
-            _draw(A, generator, lambda t, generator: t.normal_(std=1 / layer.r, generator=generator))
-        else:
-            _draw(A, generator, _kaiming)
-        B.zero_()
-
-
-def pissa_init(layer: LoraLayer) -> None:
-    """PiSSA (arXiv 2404.02948): A, B from the top-r SVD of W; W becomes the residual.
-
-    The residual is a *new* tensor: the original base weight (maybe shared) is not written.
-    """
-    if layer.base_layer.weight.is_meta:
-        return
-    w = layer.base_layer.weight
-    W = w.detach().float()
-    W = W.T if layer.fan_in_fan_out else W  # (out, in)
-    U, S, Vh = torch.linalg.svd(W, full_matrices=False)  # W = U diag(S) Vh
-    r = layer.r
-    sqrt_s = torch.sqrt(S[:r] / layer.scaling)
-    B = U[:, :r] * sqrt_s           # (out, r)
-    A = sqrt_s[:, None] * Vh[:r]    # (r, in)
-    layer.lora_A.weight.copy_(A)
-    layer.lora_B.weight.copy_(B)
-    residual = W - layer.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
-    residual = residual.T if layer.fan_in_fan_out else residual
-    layer.base_layer.weight = nn.Parameter(residual.to(w.dtype).contiguous(), requires_grad=False)
-
-
 def in_out_features(layer: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a supported base layer."""
     if isinstance(layer, Conv1D):
@@ -364,9 +303,9 @@ def check_lora_target(base_layer: nn.Module, cfg: LoraConfig, name: str = "") ->
     if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1:
         raise ValueError(f"target module {name!r} has groups={base_layer.groups}: "
                          "LoRA Lab wraps Conv2d layers with groups=1 only")
-    if cfg.init_lora_weights == "pissa" and not isinstance(base_layer, (nn.Linear, Conv1D)):
-        raise ValueError(f"init_lora_weights='pissa' is not allowed on {name!r} "
-                         f"({type(base_layer).__name__}): PiSSA is defined for Linear and Conv1D layers")
+    if cfg.init_lora_weights in ("pissa", "olora") and not isinstance(base_layer, (nn.Linear, Conv1D)):
+        raise ValueError(f"init_lora_weights={cfg.init_lora_weights!r} is not allowed on {name!r} "
+                         f"({type(base_layer).__name__}): it is defined for Linear and Conv1D layers")
 
 
 def make_lora_layer(base_layer: nn.Module, cfg: LoraConfig, name: str = "", *,

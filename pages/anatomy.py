@@ -217,7 +217,10 @@ if result is not None:
                "factors random, so the model changes before any training. PiSSA puts W's top r singular "
                "directions into B·A and rewrites the frozen weight to the residual, so ΔW is large, the output "
                "is unchanged up to rounding, and W now + ΔW gives back W. The last column is how far the "
-               "weight the layer effectively applies, W now + ΔW, is from the original W.")
+               "weight the layer effectively applies, W now + ΔW, is from the original W. OLoRA does the same "
+               "with a QR instead of an SVD: B gets Q's first r (orthonormal) columns, A gets R's first r rows, "
+               "and W becomes W − (α/r)·B·A. On GPT-2's Conv1D PEFT 0.21 takes that QR of the stored (in, out) "
+               "weight, so its factors come out transposed; LoRA Lab takes it of W as (out, in).")
 
 # --- 6. notation ---------------------------------------------------------------------------------------
 st.header("6. Two ways to write it")

@@ -9,12 +9,12 @@ import weakref
 import pytest
 import torch
 
-from lora_core.teach import anatomy, evidence, evidence_quant, toy, training_runs
+from lora_core.teach import anatomy, evidence, evidence_quant, merging_steps, toy, training_runs
 from lora_core.teach.claims import check, counts, libraries, measured, second, second_measured
 from lora_core.teach.interview import concepts, numeric, quiz
 
 TEACH = (anatomy, toy, evidence, evidence_quant, training_runs, counts, measured, libraries, second, second_measured,
-         numeric, concepts)
+         numeric, concepts, merging_steps)
 
 
 @pytest.fixture

@@ -195,7 +195,8 @@ def attention_heads(names: tuple[str, ...] = LLAMA_FAMILY) -> list[dict]:
 
 # --- initialisation --------------------------------------------------------------------------------
 INIT_MODES = {True: "True (A Kaiming-uniform, B = 0)", "gaussian": "gaussian (A normal, std 1/r; B = 0)",
-              False: "False (A and B random)", "pissa": "pissa (top-r SVD of W)"}
+              False: "False (A and B random)", "pissa": "pissa (top-r SVD of W)",
+              "olora": "olora (thin QR of W)"}
 
 
 def _weight_out_in(layer: nn.Module) -> torch.Tensor:

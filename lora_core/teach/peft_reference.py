@@ -21,9 +21,9 @@ def to_peft_config(cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
     init = cfg.init_lora_weights
-    # PiSSA runs an SVD of real weights at injection; on the meta device there are none. The
+    # PiSSA and OLoRA decompose real weights at injection; on the meta device there are none. The
     # count does not depend on the init, so PEFT is asked for its default init instead.
-    init = True if init == "pissa" else init
+    init = True if init in ("pissa", "olora") else init
     targets = cfg.target_modules
     return PeftLoraConfig(
         r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias=cfg.bias,

@@ -11,6 +11,7 @@ from .anatomy import dropout_masks, init_gallery_chart, module_treemap, pissa_sp
 from .bench import step_time_bars, train_state_bars
 from .interview import evidence_figure
 from .ledger import ledger_bars, rank_sweep_chart, weight_vs_adapter
+from .merging import dare_figure, ties_steps_figure
 from .quant import codebook_levels, error_histograms, memory_bars, weight_histogram
 from .replay import (
     amplification_bars,
@@ -35,10 +36,10 @@ from .style import PALETTE, layout
 
 __all__ = [
     "PALETTE", "amplification_bars", "amplification_by_layer", "attention_vs_all", "codebook_levels", "curves",
-    "dropout_masks", "energy_curve", "error_histograms", "evidence_figure", "full_delta_rank", "image_pair",
-    "init_gallery_chart", "intruder_curve", "intruder_tradeoff", "layer_bars", "layout", "learn_forget",
-    "ledger_bars", "lr_sweep", "measured_rows", "memory_bars", "module_treemap", "phi_by_layer", "pissa_spectrum",
-    "provenance_rows", "quote_rows", "rank_sweep", "rank_sweep_chart", "reduction_rows", "scale_vs_rank",
-    "seed_heatmaps", "similarity_heatmap", "spectra", "step_time_bars", "subspace_heatmaps", "targets_bars",
-    "train_state_bars", "weight_histogram", "weight_vs_adapter"
+    "dare_figure", "dropout_masks", "energy_curve", "error_histograms", "evidence_figure", "full_delta_rank",
+    "image_pair", "init_gallery_chart", "intruder_curve", "intruder_tradeoff", "layer_bars", "layout",
+    "learn_forget", "ledger_bars", "lr_sweep", "measured_rows", "memory_bars", "module_treemap", "phi_by_layer",
+    "pissa_spectrum", "provenance_rows", "quote_rows", "rank_sweep", "rank_sweep_chart", "reduction_rows",
+    "scale_vs_rank", "seed_heatmaps", "similarity_heatmap", "spectra", "step_time_bars", "subspace_heatmaps",
+    "targets_bars", "ties_steps_figure", "train_state_bars", "weight_histogram", "weight_vs_adapter"
 ]
