@@ -5,17 +5,15 @@ perturbs the trainable biases), so a step that differs anywhere, in a group, a l
 projection, shows up in the compared tensors.
 """
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn as nn
-from conftest import load_ours_into_peft, tiny_gpt2, tiny_llama
-from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
+from conftest import tiny_gpt2, tiny_llama
 from peft.optimizers import create_lorafa_optimizer as peft_create_lorafa_optimizer
 from peft.optimizers import create_loraplus_optimizer as peft_create_loraplus_optimizer
+from test_peft_oracle import build_pair  # our model and PEFT's, one base, our non-zero factors in both
 
 import lora_core as lc
 from lora_core.optimizers import (
@@ -37,15 +35,6 @@ CASES = {  # id: (model, config)
                                                      modules_to_save=["lm_head", "norm"])),
 }
 LORAPLUS = dict(lr=1e-3, loraplus_lr_ratio=16.0, loraplus_weight_decay=0.1, betas=(0.8, 0.99), eps=1e-7)
-
-
-def build_pair(make, kw):
-    """Our model and PEFT's from one base, with our non-zero factors (and perturbed biases) copied into PEFT's."""
-    base = make()
-    ours = copy.deepcopy(base)
-    lc.inject_lora(ours, lc.LoraConfig(init_lora_weights=False, **kw))
-    theirs = get_peft_model(copy.deepcopy(base), PeftLoraConfig(init_lora_weights=False, **kw))
-    return load_ours_into_peft(ours, theirs)
 
 
 def our_name(peft_name: str) -> str:
