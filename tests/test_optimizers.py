@@ -154,8 +154,14 @@ LORAFA_CASES = {  # id: (model, config, weight_decay)
 
 
 def lorafa_pair(make, kw, weight_decay, **ours_options):
-    """Both models, and each library's LoRA-FA optimizer over its own model."""
-    ours, theirs = build_pair(make, kw)
+    """Both models, and each library's LoRA-FA optimizer over its own model.
+
+    The pair draws its factors and bias perturbations from the global RNG (PEFT's draws), so it is built on a
+    private, seeded copy of that stream: the same numbers whatever ran before, and the caller's stream untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ours, theirs = build_pair(make, kw)
     r, alpha = kw["r"], kw["lora_alpha"]
     ours_opt = create_lorafa_optimizer(ours, r, alpha, lr=1e-2, weight_decay=weight_decay, **ours_options)
     peft_opt = peft_create_lorafa_optimizer(theirs, r, alpha, lr=1e-2, weight_decay=weight_decay)
@@ -175,7 +181,8 @@ def test_lorafa_three_steps_match_peft(make, kw, weight_decay):
         if name.endswith("lora_A.weight"):
             assert torch.equal(p, before[name]), name  # A never moves
         if name.endswith("lora_B.weight"):
-            assert (p - before[name]).abs().max() > 1e-3, name  # B really trained
+            # B really trained (an untouched B moves 0; the embedding's projected step is the smallest, ~9e-4)
+            assert (p - before[name]).abs().max() > 1e-4, name
             factors += 1
     assert factors == len(lc.lora_layers(ours))
 
