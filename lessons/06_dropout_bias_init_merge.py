@@ -22,7 +22,7 @@
 # | knob | what people say | what we will measure |
 # |---|---|---|
 # | `lora_dropout` | "zeroes 10% of A and B" | which tensor gets the zeros |
-# | `init_lora_weights` | "A Gaussian, B zero" | paper vs code; four of PEFT's inits at step 0; PiSSA's $W_\text{res}$ |
+# | `init_lora_weights` | "A Gaussian, B zero" | paper vs code; five of PEFT's inits at step 0; the residual W |
 # | merging | "free at inference" | max \|Δlogit\| merged vs unmerged, with a **non-zero** B |
 # | `disable_lora` | – | the base model back, adapter kept; merged or not afterwards, in lora_core and in PEFT |
 # | `bias` | – | how many extra parameters each mode trains |
@@ -205,12 +205,12 @@ print("    " + next(line.strip() for line in inspect.getsource(peft.tuners.lora.
 init_type = typing.get_type_hints(peft.LoraConfig)["init_lora_weights"]
 peft_inits = [True, False, *typing.get_args(typing.get_args(init_type)[1])]
 print(f"{len(peft_inits)} values in PEFT {peft.__version__}:", peft_inits)
-shown = [True, "gaussian", False, "pissa"]
+shown = [True, "gaussian", False, "pissa", "olora"]
 assert set(shown) < set(peft_inits)
 print("shown below:", shown, "| not shown:", [v for v in peft_inits if v not in shown])
 
 # %% [markdown]
-# Four of PEFT's options, the ones that need nothing but the weight itself:
+# Five of PEFT's options, the ones that need nothing but the weight itself:
 #
 # | value | A | B | ΔW at step 0 |
 # |---|---|---|---|
@@ -218,8 +218,9 @@ print("shown below:", shown, "| not shown:", [v for v in peft_inits if v not in 
 # | `"gaussian"` | normal, std 1/r | 0 | 0 |
 # | `False` | random | random | **not 0**: the model changes before training (only for tests) |
 # | `"pissa"` | from the SVD of W | from the SVD of W | not 0, **but W is replaced by a residual** |
+# | `"olora"` | R from the QR of W | Q from the QR of W | not 0, and W is replaced by a residual too |
 #
-# The others: `"pissa_niter_K"` (PiSSA with a fast randomized SVD), `"olora"` (QR of W), `"orthogonal"`
+# The others: `"pissa_niter_K"` (PiSSA with a fast randomized SVD), `"orthogonal"`
 # (orthogonal A and B, W untouched), `"mica"` (B from W's *smallest* singular directions), and the
 # data-driven `"eva"` and `"corda"` (from activations of your data) and `"loftq"` (quantizes the base and
 # starts the adapter on the quantization error),
@@ -279,7 +280,13 @@ print("the model's own q_proj weight is unchanged:", torch.equal(q_proj.weight, 
 assert torch.equal(q_proj.weight, W)  # lora_core put W_res in a new tensor
 
 # %% [markdown]
-# Now all four inits side by side on that weight (`anatomy.init_gallery` wraps a fresh copy for each
+# **OLoRA** (Büyükakyüz 2024, [arXiv 2406.01775](https://arxiv.org/abs/2406.01775)) does the same with a
+# QR instead of an SVD: $W = QR$, $B = Q_{:, :r}$ (orthonormal columns), $A = R_{:r}$ and
+# $W_\text{res} = W - s\,BA$. It is cheaper than an SVD, and the factors are not divided by $s$.
+# (PEFT 0.21 takes the QR of the weight *as stored*, so on GPT-2's Conv1D its factors come out
+# transposed and c_attn's next forward fails; `lora_core` takes it of W as (out, in).)
+#
+# Now all five inits side by side on that weight (`anatomy.init_gallery` wraps a fresh copy for each
 # mode and measures ‖ΔW‖ and how far the layer's output moves at step 0):
 
 # %%
@@ -295,6 +302,7 @@ assert rows[True]["delta_norm"] == rows["gaussian"]["delta_norm"] == 0
 assert rows[True]["max_abs_output_change"] == 0 and rows[False]["max_abs_output_change"] > 0.1
 assert rows["pissa"]["base_rewritten"] and rows["pissa"]["max_abs_reconstruction_error"] < 1e-5
 assert rows["pissa"]["max_abs_output_change"] < 1e-4  # the residual absorbs ΔW: no change at step 0
+assert rows["olora"]["base_rewritten"] and rows["olora"]["max_abs_output_change"] < 1e-4  # the same for OLoRA
 torch.testing.assert_close(torch.tensor(gallery["singular_values"]["W_res (PiSSA)"][:5]), S[R:R + 5],
                            atol=1e-4, rtol=1e-4)
 

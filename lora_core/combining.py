@@ -33,22 +33,20 @@ from typing import Literal
 
 import torch
 
+from .config import reject
+
 PRUNE_METHODS = ("magnitude", "random")
 MAJORITY_SIGN_METHODS = ("total", "frequency")
 
 
-def _refuse(name: str, value: object, allowed: str) -> None:
-    raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
-
-
 def _check_density(density: float) -> None:
     if not (0 < density <= 1):  # also refuses NaN: every comparison with NaN is False
-        _refuse("density", density, "a fraction of values to keep, 0 < density <= 1")
+        reject("density", density, "a fraction of values to keep, 0 < density <= 1")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        _refuse(name, value, f"one of {list(allowed)}")
+        reject(name, value, f"one of {list(allowed)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,13 +153,13 @@ def _check_inputs(
 ) -> None:
     """Refuse bad input up front, before any random number is drawn."""
     if len(task_tensors) == 0:
-        _refuse("task_tensors", [], "at least one tensor")
+        reject("task_tensors", [], "at least one tensor")
     shapes = [tuple(t.shape) for t in task_tensors]
     if len(set(shapes)) > 1:
-        _refuse("task_tensors", f"tensors of shapes {shapes}", "tensors of one shape")
+        reject("task_tensors", f"tensors of shapes {shapes}", "tensors of one shape")
     w = torch.as_tensor(weights)
     if w.dim() != 1 or w.shape[0] != len(task_tensors):
-        _refuse("weights", w.tolist(), f"one weight per task tensor, {len(task_tensors)} in all")
+        reject("weights", w.tolist(), f"one weight per task tensor, {len(task_tensors)} in all")
     if density is not None:
         _check_density(density)
 

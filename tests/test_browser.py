@@ -8,11 +8,10 @@ from browser_util import SHOTS, needs_chromium, streamlit_server
 from browser_util import settle as _settle
 
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
-         "scaling": "Scaling", "qlora": "QLoRA", "memory": "Memory", "speed": "Speed"}
+         "scaling": "Scaling", "qlora": "QLoRA", "memory": "Memory", "speed": "Speed",
+         "replays": "Research replays"}
 # Pages that may draw no chart until asked.
-# Research replays opens on the targets tab, which draws its chart once results/replay/targets.json is shipped.
-TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter",
-             "replays": "Research replays"}
+TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
 
 # Live fine-tuning is driven end to end by test_training_in_the_browser_survives_a_page_switch and test_room*.py.
 TRAINED = {"finetune"}

@@ -23,9 +23,10 @@ def test_lesson_04_labels_the_toy_a_planted_target_not_intrinsic_rank_evidence()
     assert "intrinsic *dimensions*" in text and "low_rank.what_the_toy_shows(planted)" in text
 
 
-def test_lesson_06_says_four_of_peft_options_reads_the_rest_and_shows_disable_adapter_differs():
+def test_lesson_06_says_five_of_peft_options_reads_the_rest_and_shows_disable_adapter_differs():
     text = lesson("06_dropout_bias_init_merge")
-    assert "## 2. Four ways to start" not in text and "Four of PEFT's options" in text
+    assert "## 2. Four ways to start" not in text and "Five of PEFT's options" in text
+    assert 'shown = [True, "gaussian", False, "pissa", "olora"]' in text
     assert 'typing.get_type_hints(peft.LoraConfig)["init_lora_weights"]' in text
     assert "kaiming_uniform_(lora_A, a=math.sqrt(5))" in text and "random Gaussian" in text
     assert "`with model.disable_adapter():` does the same." not in text

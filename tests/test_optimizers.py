@@ -5,17 +5,15 @@ perturbs the trainable biases), so a step that differs anywhere, in a group, a l
 projection, shows up in the compared tensors.
 """
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn as nn
-from conftest import load_ours_into_peft, tiny_gpt2, tiny_llama
-from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
+from conftest import tiny_gpt2, tiny_llama
 from peft.optimizers import create_lorafa_optimizer as peft_create_lorafa_optimizer
 from peft.optimizers import create_loraplus_optimizer as peft_create_loraplus_optimizer
+from test_peft_oracle import build_pair  # our model and PEFT's, one base, our non-zero factors in both
 
 import lora_core as lc
 from lora_core.optimizers import (
@@ -37,15 +35,6 @@ CASES = {  # id: (model, config)
                                                      modules_to_save=["lm_head", "norm"])),
 }
 LORAPLUS = dict(lr=1e-3, loraplus_lr_ratio=16.0, loraplus_weight_decay=0.1, betas=(0.8, 0.99), eps=1e-7)
-
-
-def build_pair(make, kw):
-    """Our model and PEFT's from one base, with our non-zero factors (and perturbed biases) copied into PEFT's."""
-    base = make()
-    ours = copy.deepcopy(base)
-    lc.inject_lora(ours, lc.LoraConfig(init_lora_weights=False, **kw))
-    theirs = get_peft_model(copy.deepcopy(base), PeftLoraConfig(init_lora_weights=False, **kw))
-    return load_ours_into_peft(ours, theirs)
 
 
 def our_name(peft_name: str) -> str:
@@ -164,12 +153,12 @@ LORAFA_CASES = {  # id: (model, config, weight_decay)
 def lorafa_pair(make, kw, weight_decay, **ours_options):
     """Both models, and each library's LoRA-FA optimizer over its own model.
 
-    The factors come from the global RNG (init_lora_weights=False, no generator), seeded here so that the
-    test does not depend on the tests run before it: an embedding's B moves little under LoRA-FA (its
-    projected gradient is near Adam's eps), so whether it clears the 1e-3 check below depends on the draw.
+    The pair draws its factors and bias perturbations from the global RNG (PEFT's draws), so it is built on a
+    private, seeded copy of that stream: the same numbers whatever ran before, and the caller's stream untouched.
     """
-    torch.manual_seed(0)
-    ours, theirs = build_pair(make, kw)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ours, theirs = build_pair(make, kw)
     r, alpha = kw["r"], kw["lora_alpha"]
     ours_opt = create_lorafa_optimizer(ours, r, alpha, lr=1e-2, weight_decay=weight_decay, **ours_options)
     peft_opt = peft_create_lorafa_optimizer(theirs, r, alpha, lr=1e-2, weight_decay=weight_decay)
@@ -189,7 +178,8 @@ def test_lorafa_three_steps_match_peft(make, kw, weight_decay):
         if ".lora_A." in name or ".lora_embedding_A." in name:
             assert torch.equal(p, before[name]), name  # A never moves
         if ".lora_B." in name or ".lora_embedding_B." in name:
-            assert (p - before[name]).abs().max() > 1e-3, name  # B really trained
+            # B really trained (an untouched B moves 0; the embedding's projected step is the smallest, ~9e-4)
+            assert (p - before[name]).abs().max() > 1e-4, name
             factors += 1
     assert factors == len(lc.lora_layers(ours))
 

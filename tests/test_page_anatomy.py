@@ -31,9 +31,11 @@ def test_bias_and_added_parameters(app_page):
 def test_init_gallery_rows(app_page):
     at = app_page("anatomy")
     init = at.dataframe[3].value
-    assert len(init) == 4
+    assert len(init) == 5                                                      # True, gaussian, False, pissa, olora
     assert init["max |Δ output|"].iloc[0] == 0 and init["max |Δ output|"].iloc[2] > 0
     assert init["max |(W now + ΔW) − W|"].iloc[3] < 1e-5                     # PiSSA: W_res + ΔW == W
+    assert init["max |(W now + ΔW) − W|"].iloc[4] < 1e-5                     # OLoRA: the same with a QR
+    assert init["max |Δ output|"].iloc[4] < 1e-4
 
 
 def test_notation_shows_the_shape_error(app_page):

@@ -48,3 +48,19 @@ def test_amplification_factor_is_the_ratio_of_table_7s_norms():
     ratio = r4.numbers["||ΔWq||_F"] / r4.numbers["||U^T Wq V^T||_F, U,V of ΔWq"]
     assert ratio == pytest.approx(factor.numbers["r=4"], abs=0.1)
 
+
+
+def test_the_readme_s_verdict_table_says_what_the_shipped_results_compute():
+    """README's "verdict here" column must stay true: each row starts with the verdict its shipped JSON computes."""
+    import re
+    from pathlib import Path
+
+    from lora_core.research import record, verdicts
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (held in direction but smaller|held|did not hold here)\b", readme, re.M))
+    assert set(rows) == set(REPLAYS)
+    for name, said in rows.items():
+        result = record.shipped(name)
+        assert result is not None, f"{name}: the README gives a verdict but results/replay/{name}.json is missing"
+        assert verdicts.verdict(result)["verdict"] == said, name

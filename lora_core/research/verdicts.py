@@ -50,8 +50,8 @@ def targets(results: dict) -> dict:
     return {"verdict": _three(diff, noise),
             "ours": f"best of q,v / q,k,v,o ({best_pair['label']}) {best_pair['test_loss']['mean']:.3f} against "
                     f"best of q / k alone ({best_single['label']}) {best_single['test_loss']['mean']:.3f} held-out "
-                    f"loss (difference {diff:+.3f}, {said}); order: "
-                    + ", ".join(row["label"] for row in ranking),
+                    f"loss (difference {diff:+.3f}, {said}); by held-out loss, best first: "
+                    + "; ".join(row["label"] for row in ranking),
             "rule": "held if spreading the budget over q,v or q,k,v,o beats q or k alone by more than the seed noise"}
 
 

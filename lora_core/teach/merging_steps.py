@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import combining
+from ..config import reject
 from .seeded import generator
 
 MAX_ADAPTERS = 8   # one row of heatmaps per adapter: more stops being readable
@@ -29,32 +30,28 @@ MAX_SIDE = 32      # rows or columns of a matrix shown cell by cell
 MAX_DRAWS = 100_000
 
 
-def _refuse(name: str, value: object, allowed: str) -> None:
-    raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
-
-
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        _refuse(name, value, f"an integer from {low} to {high}")
+        reject(name, value, f"an integer from {low} to {high}")
 
 
 def _check_shape(shape: object) -> tuple[int, int]:
     ok = isinstance(shape, (tuple, list)) and len(shape) == 2 and all(
         isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_SIDE for s in shape)
     if not ok:
-        _refuse("shape", shape, f"(rows, columns), each an integer from 1 to {MAX_SIDE}")
+        reject("shape", shape, f"(rows, columns), each an integer from 1 to {MAX_SIDE}")
     return int(shape[0]), int(shape[1])
 
 
 def _check_density(density: object) -> float:
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
-        _refuse("density", density, "a fraction of values to keep, 0 < density <= 1")  # NaN fails 0 < NaN
+        reject("density", density, "a fraction of values to keep, 0 < density <= 1")  # NaN fails 0 < NaN
     return float(density)
 
 
 def _check_seed(seed: object) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        _refuse("seed", seed, "a non-negative integer")
+        reject("seed", seed, "a non-negative integer")
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -63,7 +60,7 @@ def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     values = list(weights) if isinstance(weights, (list, tuple)) else None
     if values is None or len(values) != n or not all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in values):
-        _refuse("weights", weights, f"None (all 1.0) or {n} finite numbers, one per adapter")
+        reject("weights", weights, f"None (all 1.0) or {n} finite numbers, one per adapter")
     return [float(w) for w in values]
 
 
@@ -123,16 +120,16 @@ def ties_walkthrough_of(
     """
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence) or not all(
             isinstance(t, torch.Tensor) and t.dim() == 2 for t in tensors):
-        _refuse("tensors", _described(tensors), "a list of 2-D torch tensors, one per adapter")
+        reject("tensors", _described(tensors), "a list of 2-D torch tensors, one per adapter")
     n = len(tensors)
     if not 1 <= n <= MAX_ADAPTERS:
-        _refuse("tensors", f"{n} tensors", f"from 1 to {MAX_ADAPTERS} tensors")
+        reject("tensors", f"{n} tensors", f"from 1 to {MAX_ADAPTERS} tensors")
     if len({tuple(t.shape) for t in tensors}) > 1:
-        _refuse("tensors", f"shapes {[tuple(t.shape) for t in tensors]}", "tensors of one shape")
+        reject("tensors", f"shapes {[tuple(t.shape) for t in tensors]}", "tensors of one shape")
     density = _check_density(density)
     weights = _check_weights(weights, n)
     if majority_sign_method not in combining.MAJORITY_SIGN_METHODS:
-        _refuse("majority_sign_method", majority_sign_method, f"one of {list(combining.MAJORITY_SIGN_METHODS)}")
+        reject("majority_sign_method", majority_sign_method, f"one of {list(combining.MAJORITY_SIGN_METHODS)}")
 
     tensors = [t.detach().float() for t in tensors]
     steps = combining.ties_steps(tensors, weights, density, majority_sign_method)
