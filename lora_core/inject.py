@@ -30,16 +30,9 @@ import torch
 import torch.nn as nn
 
 from .config import ALL_LINEAR, LoraConfig, check_adapter_name
-from .layers import (
-    DISPATCH,
-    LINEAR_TYPES,
-    LoraLayer,
-    LoraLinear,
-    check_lora_target,
-    is_supported,
-    make_lora_layer,
-)
+from .layers import LoraLayer, LoraLinear, check_lora_target, make_lora_layer
 from .patterns import TimedPattern
+from .targets import DISPATCH, LINEAR_TYPES, is_supported
 
 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the architectures we ship.
 DEFAULT_TARGETS: dict[str, list[str]] = {

@@ -31,7 +31,7 @@ Speed, same numbers: on CPU `LoraLinear` may compute that formula by a measured 
 every path to the plain formula, gradients included, and docs/performance.md has the measurements.
 
 Quantized bases (quant/nf4.py) are not imported here: like PEFT's dispatchers, their module registers
-its base type and the LoRA layer that wraps it (`register_dispatch`).
+its base type and the LoRA layer that wraps it (`targets.register_dispatch`).
 """
 
 from __future__ import annotations
@@ -44,50 +44,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
-from . import fused
+from . import fused, mixed
 from .config import LoraConfig, check_adapter_name
 from .inits import init_factors
-
-LINEAR_TYPES = (nn.Linear, Conv1D)
-SUPPORTED_TYPES = (*LINEAR_TYPES, nn.Embedding, nn.Conv2d)
-
-# Other Linear-like base types (a quantized Linear: quant/nf4.py) -> the LoRA layer class that wraps them.
-DISPATCH: dict[type[nn.Module], type[LoraLayer]] = {}
-
-
-def register_dispatch(base_type: type[nn.Module], lora_type: type[LoraLayer]) -> None:
-    """Teach `make_lora_layer` a new base type (PEFT's dispatch_* functions); it needs in/out_features.
-
-    `lora_type(base_layer, cfg, generator=..., fan_in_fan_out=..., adapter_name=...)` builds the LoRA layer
-    (LoraLinear's signature).
-    """
-    DISPATCH[base_type] = lora_type
-
-
-def weight_device_dtype(layer: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Where a base layer's weight lives and its dtype, without building it (a quantized base says itself)."""
-    if hasattr(layer, "weight_device_dtype"):
-        return layer.weight_device_dtype()
-    return layer.weight.device, layer.weight.dtype
-
-
-def fan_in_fan_out_for(base_layer: nn.Module, requested: bool | None) -> bool:
-    """The weight layout of `base_layer`, as PEFT's dispatch_default settles it: (in, out) for Conv1D only.
-
-    A flag that contradicts the layer type gets PEFT's warning and is overridden; None says nothing.
-    A registered (quantized) Linear stores (out, in), and PEFT's bnb layers set False without a word.
-    """
-    if isinstance(base_layer, tuple(DISPATCH)):
-        return False
-    if isinstance(base_layer, Conv1D):
-        if requested is False:
-            warnings.warn("fan_in_fan_out is set to False but the target module is `Conv1D`. "
-                          "Setting fan_in_fan_out to True.", stacklevel=3)
-        return True
-    if requested:
-        warnings.warn("fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
-                      "Setting fan_in_fan_out to False.", stacklevel=3)
-    return False
+from .targets import DISPATCH, LINEAR_TYPES, fan_in_fan_out_for, in_out_features, is_supported, weight_device_dtype
 
 
 def factor(kind: type[nn.Module], *args, device: torch.device, dtype: torch.dtype,
@@ -227,8 +187,13 @@ class LoraLayer(nn.Module):
         """The adapters the forward adds as a branch: active, held here, and not merged into W."""
         return [n for n in self.active_adapters if n in self.r and n not in self.merged_adapters]
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """base_layer(x) + Σ lora_B(lora_A(lora_dropout(x))) * scaling over the active adapters, in the base's dtype."""
+    def forward(self, x: torch.Tensor, *args, adapter_names: list[str] | None = None, **kwargs) -> torch.Tensor:
+        """base_layer(x) + Σ lora_B(lora_A(lora_dropout(x))) * scaling over the active adapters, in the base's dtype.
+
+        `adapter_names` (one per example, "__base__" for none) makes it a mixed batch instead: mixed.py.
+        """
+        if adapter_names is not None:
+            return mixed.mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.disabled:
             return result
@@ -324,7 +289,7 @@ class LoraLinear(LoraLayer):
         return self.lora_B[a.name](self.lora_A[a.name](x)) * a.scaling
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._forward_path != "plain" and not (args or kwargs):
+        if self._forward_path != "plain" and not (args or kwargs):  # adapter_names= takes the plain path
             fast = fused.forward(self, x)  # None where a fast path would not be exact or would not pay
             if fast is not None:
                 return fast
@@ -399,25 +364,6 @@ class LoraConv2d(LoraLayer):
         a = self.adapter(name)
         x = a.dropout(x.to(a.A.dtype))
         return self.lora_B[a.name](self.lora_A[a.name](x)) * a.scaling
-
-
-def in_out_features(layer: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of a supported base layer."""
-    if isinstance(layer, Conv1D):
-        return tuple(layer.weight.shape)  # stored (in, out)
-    if isinstance(layer, (nn.Linear, *DISPATCH)):  # a registered (quantized) Linear too
-        return layer.in_features, layer.out_features
-    if isinstance(layer, nn.Embedding):
-        return layer.num_embeddings, layer.embedding_dim
-    if isinstance(layer, nn.Conv2d):
-        return layer.in_channels, layer.out_channels
-    raise ValueError(f"{type(layer).__name__} is not a layer type LoRA can wrap: "
-                     "allowed layer types are Linear, Conv1D, Embedding and Conv2d")
-
-
-def is_supported(layer: nn.Module) -> bool:
-    """Whether LoRA can wrap `layer`: a built-in type, or one a registered dispatcher knows."""
-    return isinstance(layer, (*SUPPORTED_TYPES, *DISPATCH))
 
 
 def check_lora_target(base_layer: nn.Module, cfg: LoraConfig, name: str = "") -> None:

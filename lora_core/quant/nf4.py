@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from ..layers import LoraLinear, register_dispatch
+from ..layers import LoraLinear
 from ..sharing import shared_base_copy
+from ..targets import register_dispatch
 from .codebook import nf4_codebook, quantize_blockwise
 
 

@@ -28,8 +28,9 @@ from transformers.pytorch_utils import Conv1D
 from ..config import BIAS_MODES, LoraConfig
 from ..counting import Ledger, LedgerRow, count_lora_parameters
 from ..inject import DEFAULT_TARGETS, inject_lora, matched_modules, output_layer_name
-from ..layers import SUPPORTED_TYPES, in_out_features, make_lora_layer
+from ..layers import make_lora_layer
 from ..models.sources import build_on_meta, load_config
+from ..targets import SUPPORTED_TYPES, in_out_features
 from .seeded import GeneratorDropout, generator, linear
 
 # Seed 001's recipe for "all linear layers": names printed as `(name): Linear(...)`.

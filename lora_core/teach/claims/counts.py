@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from ...config import LoraConfig
 from ...counting import count_lora_parameters
-from ...layers import SUPPORTED_TYPES
 from ...models.sources import build_on_meta
 from ...quant import memory
+from ...targets import SUPPORTED_TYPES
 from .. import anatomy, evidence_quant
 from ..evidence import Evidence, percent
 from .quoted import LORALIB_LAYERS, SEED_000
