@@ -10,14 +10,15 @@
 Every adapter lives in the same layers under its own name (layers.py), so `model.state_dict()` holds PEFT's keys
 for all of them. `model.lora_configs` maps names to configs in the order they were added, `model.lora_active`
 lists the active ones (PEFT's `peft_config` and `active_adapters`). As in PEFT, a layer may hold only some of the
-adapters; an active adapter a layer lacks adds nothing there.
+adapters; an active adapter a layer lacks adds nothing there. A module saved in full (modules_to_save, a task
+head) holds one copy per adapter that saves it (inject.ModulesToSaveWrapper); the active adapter's copy runs
+and trains, and two adapters with copies of one module cannot be active together.
 
 Where lora_core differs from PEFT 0.21, on purpose:
   * deleting the active adapter activates one adapter for the whole model, the first of the rest in sorted order
     (PEFT picks per layer from the adapters each layer holds, so two layers can end up with different ones);
   * the last adapter cannot be deleted: `remove_lora(model)` takes LoRA out (PEFT leaves empty layers);
-  * an added adapter may not be PiSSA or OLoRA (they would rewrite the base weight under the other adapters),
-    nor save modules in full or carry a task head (one trained copy per module, for now);
+  * an added adapter may not be PiSSA or OLoRA (they would rewrite the base weight under the other adapters);
   * adding an adapter to a merged model leaves it merged (PEFT unmerges it with a warning).
 """
 
@@ -30,7 +31,15 @@ import torch
 import torch.nn as nn
 
 from .config import LoraConfig, check_adapter_name
-from .inject import ModulesToSaveWrapper, lora_layers, matched_modules, no_targets_message, wrap_targets
+from .inject import (
+    ModulesToSaveWrapper,
+    lora_layers,
+    matched_modules,
+    no_targets_message,
+    save_in_full,
+    saved_in_full,
+    wrap_targets,
+)
 from .layers import LoraLayer, check_lora_target
 
 ONE_BIAS_ADAPTER = ("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' "
@@ -57,8 +66,9 @@ def add_adapter(model: nn.Module, adapter_name: str, cfg: LoraConfig,
 
     As PEFT's `add_adapter`: the new adapter is neither active nor trainable (`set_adapter` makes it so), the
     trainability of everything else is left as it was, a layer that already has LoRA gets the new adapter beside
-    its others, and a new target is wrapped (active adapters as the model's, so it adds nothing yet). Everything
-    is checked first: a ValueError leaves the model as it was.
+    its others, and a new target is wrapped (active adapters as the model's, so it adds nothing yet). A module
+    `cfg` saves in full gets a frozen deep copy of its original for this adapter. Everything is checked first: a
+    ValueError leaves the model as it was.
     """
     configs = _configs(model)
     check_adapter_name(adapter_name)
@@ -67,9 +77,6 @@ def add_adapter(model: nn.Module, adapter_name: str, cfg: LoraConfig,
                          f"The model has {list(configs)}; delete_adapter(model, {adapter_name!r}) first to replace it")
     if cfg.bias != "none" and any(c.bias != "none" for c in configs.values()):
         raise ValueError(f"bias={cfg.bias!r} is not allowed here: {ONE_BIAS_ADAPTER}")
-    if cfg.saved_module_names():
-        raise ValueError(f"modules_to_save={cfg.saved_module_names()!r} (task_type={cfg.task_type!r}) is not allowed "
-                         "for an added adapter: lora_core keeps one trained copy of a module, for the first adapter")
     if cfg.init_lora_weights in ("pissa", "olora"):
         raise ValueError(f"init_lora_weights={cfg.init_lora_weights!r} is not allowed for an added adapter: it would "
                          f"replace the base weight under the model's other adapters {list(configs)} with its residual")
@@ -80,12 +87,14 @@ def add_adapter(model: nn.Module, adapter_name: str, cfg: LoraConfig,
     for name in names:
         target = modules[name]
         check_lora_target(target.base_layer if isinstance(target, LoraLayer) else target, cfg, name)
+    saved = saved_in_full(model, cfg, names)
     # Every check has passed: nothing raises from here on.
     settled = wrap_targets(model, names, cfg, generator, adapter_name, active=list(model.lora_active))
+    save_in_full(model, saved, adapter_name, active=False)  # its copies: frozen, and not run until set_adapter
     for name in names:
         layer = model.get_submodule(name)
-        layer.adapter(adapter_name).A.requires_grad_(False)
-        layer.adapter(adapter_name).B.requires_grad_(False)
+        for p in layer.adapter(adapter_name).parameters():  # A, B (and DoRA's magnitude)
+            p.requires_grad_(False)
     model.lora_configs[adapter_name] = dataclasses.replace(cfg, fan_in_fan_out=settled,
                                                            modules_to_save=cfg.saved_module_names())
     return names
@@ -106,10 +115,11 @@ def set_adapter(model: nn.Module, adapter_names: str | list[str], inference_mode
     if unknown := [n for n in names if n not in configs]:
         raise ValueError(f"adapter_names={adapter_names!r}: Adapter {unknown[0]} not found. "
                          f"The model has {list(configs)}")
-    for wrapper in (m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)):
-        if len(held := [n for n in names if n in wrapper.modules_to_save]) > 1:
-            raise ValueError(f"adapter_names={names!r}: only one adapter with a saved copy of a module can be active, "
-                             f"and {held} both have one")
+    for module_name, wrapper in ((n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)):
+        if len(held := [n for n in names if n in wrapper.modules_to_save]) > 1:  # PEFT's check_set_adapter
+            raise ValueError(f"adapter_names={names!r}: {held} each have their own copy of {module_name!r} "
+                             "(modules_to_save), and only one adapter with a copy of a module can be active at a "
+                             "time, as in PEFT")
     merged = [layer for _, layer in lora_layers(model) if layer.merged]
     if merged:
         warnings.warn("Adapter cannot be set when the model is merged. Unmerging the model first.", stacklevel=2)

@@ -3,7 +3,7 @@
 Field names and meanings follow HF PEFT's `LoraConfig` (peft/tuners/lora/config.py) so that an
 `adapter_config.json` written by either library reads the same. References: LoRA, Hu et al. 2021
 (arXiv 2106.09685); rsLoRA, Kalajdzievski 2023 (arXiv 2312.03732); PiSSA, Meng et al. 2024
-(arXiv 2404.02948).
+(arXiv 2404.02948); DoRA, Liu et al. 2024 (arXiv 2402.09353).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class LoraConfig:
     lora_dropout: float = 0.0       # dropout on the LoRA branch's *input* x, in train mode only
     bias: str = "none"              # which biases also train: "none" | "all" | "lora_only"
     use_rslora: bool = False        # rank-stabilised scaling alpha / sqrt(r)
+    use_dora: bool = False          # DoRA: W' = m * (W + ΔW) / ‖W + ΔW‖, a trained magnitude m per output feature
     init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B zero | "gaussian" | False | "pissa" | "olora"
     layers_to_transform: list[int] | int | None = None  # only these layer indices (list targets)
     layers_pattern: list[str] | str | None = None       # the name before the index, e.g. "h" or "layers"
@@ -91,6 +92,8 @@ class LoraConfig:
             reject("lora_dropout", self.lora_dropout, "dropout must be in [0, 1)")
         if not isinstance(self.use_rslora, bool):
             reject("use_rslora", self.use_rslora, "use true or false")
+        if not isinstance(self.use_dora, bool):
+            reject("use_dora", self.use_dora, "use true or false")
         if self.fan_in_fan_out is not None and not isinstance(self.fan_in_fan_out, bool):
             reject("fan_in_fan_out", self.fan_in_fan_out, "use true, false or None (decided by the layer type)")
         if self.task_type is not None:  # PEFT's PeftConfig.__post_init__ raises for any other value, too
@@ -166,7 +169,7 @@ class LoraConfig:
         d = asdict(self)
         d["fan_in_fan_out"] = bool(self.fan_in_fan_out)  # PEFT's default, False, where the layers said nothing
         d.update(peft_type="LORA", inference_mode=True, rank_pattern={}, alpha_pattern={},
-                 use_dora=False, lora_bias=False, target_parameters=None, exclude_modules=None)
+                 lora_bias=False, target_parameters=None, exclude_modules=None)
         return d
 
     @classmethod
@@ -174,7 +177,12 @@ class LoraConfig:
         """Read a PEFT adapter_config.json; refuse LoRA variants this library does not implement."""
         if d.get("peft_type", "LORA") != "LORA":
             reject("peft_type", d.get("peft_type"), "only LoRA adapters ('LORA') can be loaded")
-        for key, off in (("use_dora", False), ("lora_bias", False), ("rank_pattern", {}),
+        if d.get("use_dora"):  # PEFT's LoraConfig.__post_init__ refuses these with DoRA (peft/tuners/lora/config.py)
+            for key in ("lora_bias", "megatron_config"):
+                if d.get(key):
+                    reject("use_dora", d["use_dora"], f"DoRA does not support {key}={d[key]!r} (as in PEFT); "
+                                                      "set use_dora to false")
+        for key, off in (("lora_bias", False), ("rank_pattern", {}),
                          ("alpha_pattern", {}), ("target_parameters", None)):
             if d.get(key) is not None and d.get(key) != off:
                 reject(key, d.get(key), "this adapter uses a PEFT variant LoRA Lab does not implement")

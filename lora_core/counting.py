@@ -1,9 +1,10 @@
 """The parameter ledger: what LoRA adds, per module type, with PEFT's totals. No weights needed.
 
 A LoRA pair on a layer (in → out) at rank r adds r·(in + out) parameters: A is (r, in), B is
-(out, r). The model is built on the meta device from its config, so a 7B ledger takes
-milliseconds and no memory. The total counts every unique parameter *after* injection, the
-adapter included, as PEFT's `print_trainable_parameters` does.
+(out, r). DoRA (arXiv 2402.09353) adds its magnitude m, one per output feature: out more, counted
+as PEFT's get_nb_trainable_parameters counts them. The model is built on the meta device from its
+config, so a 7B ledger takes milliseconds and no memory. The total counts every unique parameter
+*after* injection, the adapter included, as PEFT's `print_trainable_parameters` does.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ class LedgerRow:
     weight_params: int     # parameters in one frozen weight: in·out (times kh·kw for Conv2d)
     lora_per_module: int   # A and B of one module: r·(in + out) (A is r·in·kh·kw for Conv2d)
     adapter: str = "default"  # the adapter these factors belong to (one row per kind and adapter)
+    magnitude_per_module: int = 0  # DoRA's m of one module: out (0 without DoRA)
 
     @property
     def lora_params(self) -> int:
-        return self.count * self.lora_per_module
+        return self.count * (self.lora_per_module + self.magnitude_per_module)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Ledger:
     total: int              # all unique parameters after injection (PEFT's "all params")
     base_total: int         # the model before LoRA
     wrapped: list[str] = field(repr=False, default_factory=list)
-    frozen_lora: int = 0    # factors that do not train: inactive adapters, A under LoRA-FA
+    frozen_lora: int = 0    # factors (and magnitudes) that do not train: inactive adapters, A under LoRA-FA
 
     @property
     def lora_params(self) -> int:
@@ -75,10 +77,11 @@ class Ledger:
 
     def records(self) -> list[dict]:
         """One dict per row, for tables (with the adapter's name when there are several)."""
-        named = len(self.adapters) > 1
+        named, dora = len(self.adapters) > 1, any(r.magnitude_per_module for r in self.rows)
         return [({"adapter": r.adapter} if named else {}) | {
             "module": r.module, "type": r.layer_type, "in": r.in_features, "out": r.out_features, "count": r.count,
-            "weight params": r.weight_params, "r·(in+out)": r.lora_per_module, "LoRA params": r.lora_params}
+            "weight params": r.weight_params, "r·(in+out)": r.lora_per_module}
+            | ({"DoRA m": r.magnitude_per_module} if dora else {}) | {"LoRA params": r.lora_params}
             for r in self.rows]
 
     def __str__(self) -> str:
@@ -87,8 +90,9 @@ class Ledger:
         named = len(self.adapters) > 1
         for r in self.rows:
             module = f"{r.module} [{r.adapter}]" if named else r.module
+            per = f"{r.lora_per_module:,}" + (f"+{r.magnitude_per_module:,}" if r.magnitude_per_module else "")  # +m
             lines.append(f"{module:<42} {r.layer_type:<9} {f'{r.in_features}→{r.out_features}':>12} "
-                         f"{r.count:>4} {r.lora_per_module:>11,} {r.lora_params:>13,}")
+                         f"{r.count:>4} {per:>11} {r.lora_params:>13,}")
         lines.append("-" * len(head))
         lines.append(f"{'LoRA factors':<42} {'':<9} {'':>12} {'':>4} {'':>11} {self.lora_params:>13,}")
         if self.other_trainable:
@@ -115,10 +119,11 @@ def ledger_of(model: nn.Module, name: str = "model") -> Ledger:
     frozen = 0
     for layer_name, layer in lora_layers(model):
         for adapter in (layer.adapter(name) for name in layer.r):
+            m = 0 if adapter.magnitude is None else adapter.magnitude.numel()  # DoRA: one per output feature
             key = (_kind(layer_name), type(layer.base_layer).__name__, layer.in_features, layer.out_features,
-                   adapter.r, _weight_params(layer), adapter.A.numel() + adapter.B.numel(), adapter.name)
+                   adapter.r, _weight_params(layer), adapter.A.numel() + adapter.B.numel(), adapter.name, m)
             groups[key] = groups.get(key, 0) + 1
-            frozen += sum(p.numel() for p in (adapter.A, adapter.B) if not p.requires_grad)
+            frozen += sum(p.numel() for p in adapter.parameters() if not p.requires_grad)
     rows = [LedgerRow(*k[:4], count, *k[4:]) for k, count in groups.items()]
     trainable, total = trainable_parameters(model)
     lora = sum(r.lora_params for r in rows)

@@ -20,6 +20,7 @@ LoRA branch and `base`, which it then recomputes as W x̃ (a second matmul), whi
 ‖W + ΔW‖ is detached (paper §4.3: "treat ‖V + ΔV‖_c as a constant"): A and B get gradients only through the
 LoRA branch, m through s. Functions here take (out, in) weights; a caller with GPT-2's Conv1D passes W.T, and one
 with an embedding passes its (num_embeddings, dim) table transposed, since PEFT treats it as a fan_in_fan_out layer.
+The LoRA layers use them through dora_layer.py (`LoraConfig(use_dora=True)`).
 """
 
 from __future__ import annotations

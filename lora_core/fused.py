@@ -121,14 +121,15 @@ def one_node_applies(layer, x: torch.Tensor, name: str) -> bool:
 def forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """LoraLinear's output by its fastest exact path, or None where the plain formula must run.
 
-    Only for exactly one active adapter on an unmerged layer: None when the layer is disabled or merged,
-    when several adapters (or none) are active, under torch.compile or FX tracing (the compiler fuses the
-    plain ops itself, measured ~1% faster there), or when a hook on lora_B must see it called.
+    Only for exactly one active plain-LoRA adapter on an unmerged layer: None when the layer is disabled or
+    merged, when several adapters (or none) are active, when the adapter is DoRA (dora_layer.py has its own
+    cheap form), under torch.compile or FX tracing (the compiler fuses the plain ops itself, measured ~1%
+    faster there), or when a hook on lora_B must see it called.
     """
     if layer.disabled or layer.merged or layer.forward_path == "plain" or tracing(x):
         return None
     active = [n for n in layer.active_adapters if n in layer.r]
-    if len(active) != 1 or has_hooks(layer.lora_B[active[0]]):
+    if len(active) != 1 or active[0] in layer.lora_magnitude_vector or has_hooks(layer.lora_B[active[0]]):
         return None
     a = layer.adapter(active[0])
     if layer.forward_path == "one-node" and one_node_applies(layer, x, a.name):

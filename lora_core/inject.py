@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from . import mixed
 from .config import ALL_LINEAR, LoraConfig, check_adapter_name
 from .layers import LoraLayer, LoraLinear, check_lora_target, make_lora_layer
 from .patterns import TimedPattern
@@ -49,24 +50,34 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 
 class ModulesToSaveWrapper(nn.Module):
-    """A module trained in full: a frozen `original_module` and a trainable copy per adapter, as in PEFT.
+    """A module trained in full: a frozen `original_module` and a copy per adapter, as in PEFT
+    (peft/utils/other.py, ModulesToSaveWrapper).
 
-    `modules_to_save[name]` is adapter `name`'s copy; the forward runs the active adapter's copy, or the
-    original when the wrapper is disabled or holds no copy for the active adapter.
+    `modules_to_save[name]` is adapter `name`'s own deep copy of the original, made when the adapter is added;
+    at most one of them is active (`active_adapter`; None: the original runs) and only that one may train. The
+    forward runs the active copy, or the original when the wrapper is disabled or holds no copy for the active
+    adapter; with `adapter_names` (a mixed batch, mixed.py) each row runs its own adapter's copy.
     """
 
-    def __init__(self, module: nn.Module, adapter_name: str = "default"):
+    def __init__(self, module: nn.Module, adapter_name: str = "default", active: bool = True):
         super().__init__()
         self.original_module = module
-        self.modules_to_save = nn.ModuleDict({adapter_name: copy.deepcopy(module)})
-        self.active_adapter: str | None = adapter_name
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = adapter_name if active else None
         self.disabled = False
+        self.update(adapter_name)
+
+    def update(self, adapter_name: str) -> None:
+        """Give adapter `adapter_name` its own copy of the original module, frozen (set_adapter trains it)."""
+        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module).requires_grad_(False)
 
     def active_copy(self) -> nn.Module | None:
         """The active adapter's trained copy, or None when this wrapper holds none for it."""
         return self.modules_to_save[self.active_adapter] if self.active_adapter in self.modules_to_save else None
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        if adapter_names is not None:
+            return mixed.mixed_saved_forward(self, adapter_names, *args, **kwargs)
         trained = None if self.disabled else self.active_copy()
         return (self.original_module if trained is None else trained)(*args, **kwargs)
 
@@ -175,20 +186,10 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, generator: torch.Generator | 
     modules = dict(model.named_modules())
     for name in names:  # validate first: layer type, rank, init, with the layer named
         check_lora_target(modules[name], cfg, name)
-    to_save = cfg.saved_module_names() or []
-    saved = [n for n in modules if n and any(n.endswith(t) for t in to_save)]  # PEFT's _set_trainable match
-    asked = [t for t in to_save if t not in cfg.task_heads]  # a task's head may be absent; a name asked for not
-    if asked and not any(n.endswith(t) for n in saved for t in asked):
-        raise ValueError(f"modules_to_save={cfg.modules_to_save!r} matches no module of this model")
-    _check_saved_not_nested(saved, to_save)
-    if clash := next((n for n in names for s in saved if n == s or n.startswith(s + ".")), None):
-        raise ValueError(f"target module {clash!r} is also saved in full (modules_to_save="
-                         f"{cfg.saved_module_names()!r}, task_type={cfg.task_type!r}): a module can get LoRA or "
-                         "be trained as a copy, not both; leave it out of target_modules")
+    saved = saved_in_full(model, cfg, names)
     # Every check has passed: from here on nothing raises, so the model is never half-injected.
     settled = wrap_targets(model, names, cfg, generator, adapter_name, active=[adapter_name])
-    for name in saved:
-        _set_submodule(model, name, ModulesToSaveWrapper(model.get_submodule(name), adapter_name))
+    save_in_full(model, saved, adapter_name, active=True)
     _mark_trainable(model, cfg.bias)
     settled_cfg = dataclasses.replace(cfg, fan_in_fan_out=settled, modules_to_save=cfg.saved_module_names())
     model.lora_configs = {adapter_name: settled_cfg}
@@ -222,6 +223,44 @@ def wrap_targets(model: nn.Module, names: list[str], cfg: LoraConfig, generator:
     for name, layer in new.items():
         _set_submodule(model, name, layer)
     return settled
+
+
+def saved_in_full(model: nn.Module, cfg: LoraConfig, targets: list[str]) -> list[str]:
+    """Full names of the modules `cfg` trains in full, checked: ValueError for a name that matches nothing, a
+    module saved inside another saved one, or one that gets LoRA too (from `targets` or an earlier adapter).
+
+    PEFT's `_set_trainable` match: a module whose full name ends with an entry of `cfg.saved_module_names()`.
+    A module another adapter saves already is matched as its wrapper; nothing inside a LoRA layer or a
+    wrapper is.
+    """
+    to_save = cfg.saved_module_names() or []
+    modules = dict(model.named_modules())
+    inside = tuple(n + "." for n, m in modules.items() if isinstance(m, (LoraLayer, ModulesToSaveWrapper)))
+    saved = [n for n in modules if n and not n.startswith(inside) and any(n.endswith(t) for t in to_save)]
+    asked = [t for t in to_save if t not in cfg.task_heads]  # a task's head may be absent; a name asked for not
+    if asked and not any(n.endswith(t) for n in saved for t in asked):
+        raise ValueError(f"modules_to_save={cfg.modules_to_save!r} matches no module of this model")
+    _check_saved_not_nested(saved, to_save)
+    if clash := next((n for n in targets for s in saved if n == s or n.startswith(s + ".")), None):
+        raise ValueError(f"target module {clash!r} is also saved in full (modules_to_save="
+                         f"{cfg.saved_module_names()!r}, task_type={cfg.task_type!r}): a module can get LoRA or "
+                         "be trained as a copy, not both; leave it out of target_modules")
+    if lora := next((n for n in saved if isinstance(modules[n], LoraLayer)), None):
+        raise ValueError(f"modules_to_save={cfg.saved_module_names()!r} (task_type={cfg.task_type!r}) matches "
+                         f"{lora!r}, which has LoRA already (adapters {list(modules[lora].r)}): a module can get "
+                         "LoRA or be trained as a copy, not both")
+    return saved
+
+
+def save_in_full(model: nn.Module, saved: list[str], adapter_name: str, active: bool) -> None:
+    """Give adapter `adapter_name` a copy of each module in `saved` (checked by `saved_in_full`), frozen: a
+    module saved already gets one more copy in its wrapper, any other is wrapped (its copy `active` or not)."""
+    for name in saved:
+        module = model.get_submodule(name)
+        if isinstance(module, ModulesToSaveWrapper):
+            module.update(adapter_name)
+        else:
+            _set_submodule(model, name, ModulesToSaveWrapper(module, adapter_name, active=active))
 
 
 def no_targets_message(model: nn.Module, cfg: LoraConfig) -> str:
@@ -263,15 +302,17 @@ def _mark_trainable(model: nn.Module, bias: str) -> None:
     for m in model.modules():
         if isinstance(m, LoraLayer):
             for name in (n for n in m.active_adapters if n in m.r):
-                m.adapter(name).A.requires_grad_(True)
-                m.adapter(name).B.requires_grad_(True)
+                for p in m.adapter(name).parameters():  # A, B (and DoRA's magnitude)
+                    p.requires_grad_(True)
             if bias == "lora_only" and getattr(m.base_layer, "bias", None) is not None:
                 _train_own_copy(m.base_layer, "bias")
         elif isinstance(m, ModulesToSaveWrapper) and m.active_copy() is not None:
             m.active_copy().requires_grad_(True)
-    if bias == "all":
+    if bias == "all":  # every bias, but not a saved module's original: PEFT's wrapper freezes it after marking
+        originals = tuple(n + ".original_module." for n, m in model.named_modules()
+                          if isinstance(m, ModulesToSaveWrapper))
         for n, _ in list(model.named_parameters()):
-            if n == "bias" or n.endswith(".bias"):
+            if (n == "bias" or n.endswith(".bias")) and not n.startswith(originals):
                 owner, _, leaf = n.rpartition(".")
                 _train_own_copy(model.get_submodule(owner) if owner else model, leaf)
 

@@ -13,22 +13,19 @@ layer type decides `fan_in_fan_out`; a config that says otherwise gets PEFT's wa
 Adapters have names, PEFT's "default" first. Names and containers follow peft/tuners/lora/layer.py:
 `lora_A["default"]` is an nn.Linear in an nn.ModuleDict, `scaling["default"]` a float in a dict, so
 `state_dict()` holds exactly PEFT's keys (`c_attn.lora_A.default.weight`). The forward adds every active
-adapter; `layer.adapter()` reads one adapter as a whole (A, B, r, scaling, ...).
+adapter; `layer.adapter()` reads one adapter as a whole (A, B, r, scaling, ...). A DoRA adapter
+(`use_dora=True`, arXiv 2402.09353) also has PEFT's `lora_magnitude_vector[name]`: dora_layer.py.
 
 Randomness: without a `generator`, A (and B with init_lora_weights=False) draw from torch's global RNG
-exactly as PEFT's do. With one, the factors are built on the meta device (nn.Linear's constructor would
-draw from the global RNG) and filled from that generator alone: a shared server never moves the
-process-wide stream, and the same seed gives the same factors on any device.
-
-How the factors start (init_lora_weights, PiSSA, OLoRA) is inits.py.
+exactly as PEFT's do. With one, the factors are built on the meta device and filled from that generator
+alone: a shared server never moves the process-wide stream. How the factors start is inits.py.
 
 Merging is explicit and out of place: `merge()` swaps in a new weight W + ΔW (computed in fp32; with
 several adapters W + Σ ΔW) and keeps the original tensor, so a frozen base shared by several models is never written and
 `unmerge()` restores W bit for bit. `.eval()` never merges (loralib's trap).
 
-Speed, same numbers: on CPU `LoraLinear` may compute that formula by a measured fast path
-(fused.py: one autograd node, or one fused addmm). `forward_path = "plain"` switches it off; tests pin
-every path to the plain formula, gradients included, and docs/performance.md has the measurements.
+Speed, same numbers: `LoraLinear` may take a measured fast path (fused.py, docs/performance.md);
+`forward_path = "plain"` switches it off; tests pin every path to the plain formula, gradients included.
 
 Quantized bases (quant/nf4.py) are not imported here: like PEFT's dispatchers, their module registers
 its base type and the LoRA layer that wraps it (`targets.register_dispatch`).
@@ -44,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
-from . import fused, mixed
+from . import dora_layer, fused, mixed
 from .config import LoraConfig, check_adapter_name
 from .inits import init_factors
 from .targets import DISPATCH, LINEAR_TYPES, fan_in_fan_out_for, in_out_features, is_supported, weight_device_dtype
@@ -78,6 +75,11 @@ class Adapter(NamedTuple):
     use_rslora: bool
     scaling: float
     dropout: nn.Module
+    magnitude: nn.Parameter | None = None  # DoRA's m, (out,) or a Conv2d's (1, out, 1, 1); None for plain LoRA
+
+    def parameters(self) -> tuple[nn.Parameter, ...]:
+        """What this adapter trains: A, B and, with DoRA, the magnitude."""
+        return (self.A, self.B) if self.magnitude is None else (self.A, self.B, self.magnitude)
 
 
 class LoraLayer(nn.Module):
@@ -91,7 +93,7 @@ class LoraLayer(nn.Module):
     """
 
     fan_in_fan_out = False  # True when the base weight is stored transposed, (in, out)
-    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")  # hold the factors
+    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Module, in_features: int, out_features: int):
         super().__init__()
@@ -104,7 +106,7 @@ class LoraLayer(nn.Module):
         self.lora_dropout = nn.ModuleDict()
         self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
         self.lora_embedding_A, self.lora_embedding_B = nn.ParameterDict(), nn.ParameterDict()
-        self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's magnitudes in PEFT (dora.py); empty here
+        self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's magnitudes, PEFT's keys (dora_layer.py)
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False
@@ -121,17 +123,18 @@ class LoraLayer(nn.Module):
         self.lora_dropout[adapter_name] = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
         self._new_factors(adapter_name, cfg.r, generator)
         init_factors(self, adapter_name, cfg.init_lora_weights, generator)
+        if cfg.use_dora:  # m = ‖W + ΔW‖ of the factors as they start, as PEFT's DoRA init
+            dora_layer.add_magnitude(self, adapter_name)
 
     def _new_factors(self, name: str, r: int, generator: torch.Generator | None) -> None:
         raise NotImplementedError
 
     def set_adapter(self, adapter_names: list[str], inference_mode: bool = False) -> None:
-        """Make `adapter_names` active (PEFT's set_adapter): their factors train unless `inference_mode`,
-        every other adapter's are frozen. Names this layer lacks are kept, as in PEFT, and add nothing."""
+        """Make `adapter_names` active (PEFT's set_adapter): their parameters train unless `inference_mode`, every
+        other adapter's are frozen. Names this layer lacks are kept, as in PEFT, and add nothing."""
         for name in self.r:
-            a = self.adapter(name)
-            a.A.requires_grad_(name in adapter_names and not inference_mode)
-            a.B.requires_grad_(name in adapter_names and not inference_mode)
+            for p in self.adapter(name).parameters():
+                p.requires_grad_(name in adapter_names and not inference_mode)
         self.active_adapters = list(adapter_names)
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -159,8 +162,9 @@ class LoraLayer(nn.Module):
             A, B = self.lora_embedding_A[name], self.lora_embedding_B[name]
         else:
             A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        m = self.lora_magnitude_vector[name].weight if name in self.lora_magnitude_vector else None
         return Adapter(name, A, B, self.r[name], self.lora_alpha[name], self.use_rslora[name], self.scaling[name],
-                       self.lora_dropout[name])
+                       self.lora_dropout[name], m)
 
     def factors(self, name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, A) of adapter `name` as matrices, (out, r) and (r, in), so that ΔW = B @ A * scaling."""
@@ -190,7 +194,8 @@ class LoraLayer(nn.Module):
     def forward(self, x: torch.Tensor, *args, adapter_names: list[str] | None = None, **kwargs) -> torch.Tensor:
         """base_layer(x) + Σ lora_B(lora_A(lora_dropout(x))) * scaling over the active adapters, in the base's dtype.
 
-        `adapter_names` (one per example, "__base__" for none) makes it a mixed batch instead: mixed.py.
+        A DoRA adapter rescales what came before it instead (dora_layer.py). `adapter_names` (one per example,
+        "__base__" for none) makes it a mixed batch: mixed.py.
         """
         if adapter_names is not None:
             return mixed.mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
@@ -199,7 +204,8 @@ class LoraLayer(nn.Module):
             return result
         out = result
         for name in self.branch_adapters():  # added in order, in the wider dtype, rounded once (PEFT)
-            out = out + self.lora_branch(x, name)
+            dora = name in self.lora_magnitude_vector
+            out = dora_layer.forward(self, x, out, name) if dora else out + self.lora_branch(x, name)
         return out.to(result.dtype)
 
     # --- merge / unmerge --------------------------------------------------------------------
@@ -211,8 +217,8 @@ class LoraLayer(nn.Module):
         """Fold ΔW of `adapter_names` (None: the active adapters) into a new base weight.
 
         Names this layer lacks are skipped; merging an adapter twice warns and does nothing. The new weight
-        is W + Σ ΔW over every merged adapter, added to W in fp32 in PEFT's order and rounded once; W itself
-        is kept for `unmerge`.
+        is W + Σ ΔW over every merged adapter, added to W in fp32 in PEFT's order and rounded once (a DoRA adapter
+        rescales the sum so far: dora_layer.merge_step); W itself is kept for `unmerge`.
         """
         if isinstance(adapter_names, str):
             raise ValueError(f"adapter_names={adapter_names!r} must be a list of adapter names, e.g. "
@@ -228,7 +234,8 @@ class LoraLayer(nn.Module):
         # Add in fp32 and round once, so bf16/fp16 bases lose no more than one rounding.
         merged = w.detach().float()
         for name in self.merged_adapters + new:
-            merged = merged + self._delta_in_weight_layout(name)
+            dora = name in self.lora_magnitude_vector
+            merged = dora_layer.merge_step(self, merged, name) if dora else merged + self._delta_in_weight_layout(name)
         if not self.merged:
             # Keep W itself for unmerge as a non-persistent buffer: it moves with .to() but is neither a
             # parameter (PEFT's counts) nor in state_dict() (PEFT's keys), and W's storage is never written.
@@ -291,6 +298,7 @@ class LoraLinear(LoraLayer):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self._forward_path != "plain" and not (args or kwargs):  # adapter_names= takes the plain path
             fast = fused.forward(self, x)  # None where a fast path would not be exact or would not pay
+            fast = dora_layer.one_node_forward(self, x) if fast is None else fast  # DoRA's own
             if fast is not None:
                 return fast
         return super().forward(x, *args, **kwargs)

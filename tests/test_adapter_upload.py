@@ -121,7 +121,7 @@ def bad_cases(good: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
         "not utf-8": ({CONFIG: b"\xff\xfe{}", WEIGHTS: good[WEIGHTS]}, f"{CONFIG} is not UTF-8"),
         "json list": ({CONFIG: b"[1, 2]", WEIGHTS: good[WEIGHTS]}, "must hold a JSON object, not list"),
         "not lora": (with_config(good, peft_type="PREFIX_TUNING"), "peft_type='PREFIX_TUNING'"),
-        "dora": (with_config(good, use_dora=True), "use_dora=True is not allowed"),
+        "dora without magnitudes": (with_config(good, use_dora=True), "lora_magnitude_vector"),
         "r=0": (with_config(good, r=0), "r=0 is not allowed"),
         "r=true": (with_config(good, r=True), "r=True is not allowed"),
         "r over limit": (with_config(good, r=512), "r=512 is over this server's limit: at most 256"),
@@ -145,9 +145,9 @@ def bad_cases(good: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
 
 
 CASES = ["not a zip", "empty", "oversize", "zip bomb", "extra member", "extra pickle", "path traversal", "in a folder",
-         "missing file", "twice", "bad json", "not utf-8", "json list", "not lora", "dora", "r=0", "r=true",
-         "r over limit", "alpha", "no targets", "targets type", "targets elsewhere", "rslora type", "not safetensors",
-         "wrong shape", "unknown tensor", "missing tensor", "nan", "inf", "integer dtype"]
+         "missing file", "twice", "bad json", "not utf-8", "json list", "not lora", "dora without magnitudes", "r=0",
+         "r=true", "r over limit", "alpha", "no targets", "targets type", "targets elsewhere", "rslora type",
+         "not safetensors", "wrong shape", "unknown tensor", "missing tensor", "nan", "inf", "integer dtype"]
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")

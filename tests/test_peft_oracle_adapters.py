@@ -209,12 +209,11 @@ def test_adapter_verbs_refuse_what_peft_refuses_and_a_bit_more():
 
 @pytest.mark.parametrize("cfg,why", [
     (dict(bias="all"), "supports only 1 adapter with bias"),
-    (dict(modules_to_save=["lm_head"]), "modules_to_save"),
-    (dict(task_type="SEQ_CLS"), "task_type='SEQ_CLS'"),
+    (dict(modules_to_save=["c_attn"]), "has LoRA already"),
     (dict(init_lora_weights="pissa"), "replace the base weight"),
     (dict(target_modules=["nothing"]), "matches no module"),
     (dict(r=64), "r=64 is too large"),
-], ids=["second_bias", "modules_to_save", "task_head", "pissa", "no_target", "rank"])
+], ids=["second_bias", "save_a_lora_layer", "pissa", "no_target", "rank"])
 def test_an_adapter_that_cannot_be_added_changes_nothing(cfg, why, tokens):
     ours = tiny_gpt2()
     lc.inject_lora(ours, lc.LoraConfig(**CFG_X, bias="lora_only"))
