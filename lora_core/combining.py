@@ -256,3 +256,35 @@ def dare_ties(
     _check_choice("majority_sign_method", majority_sign_method, MAJORITY_SIGN_METHODS)
     dropped = torch.stack([prune(t, density, "random", rescale=True, generator=generator) for t in task_tensors])
     return _elect_and_merge(dropped, weights, majority_sign_method).merged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One entry point by name (what add_weighted_adapter calls for each pair of factors or each ΔW)
+
+METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+
+
+def combine(
+    method: str,
+    task_tensors: Sequence[torch.Tensor],
+    weights: torch.Tensor | Sequence[float],
+    density: float | None = None,
+    majority_sign_method: Literal["total", "frequency"] = "total",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The combining function `method` (one of METHODS) on n task tensors; `density` for all but task_arithmetic.
+
+    Arguments a method does not use are ignored, as PEFT's add_weighted_adapter passes them.
+    """
+    _check_choice("method", method, METHODS)
+    if method == "task_arithmetic":
+        return task_arithmetic(task_tensors, weights)
+    if density is None:
+        reject("density", density, f"method {method!r} prunes: give a fraction of values to keep, 0 < density <= 1")
+    if method == "ties":
+        return ties(task_tensors, weights, density, majority_sign_method)
+    if method == "dare_linear":
+        return dare_linear(task_tensors, weights, density, generator)
+    if method == "dare_ties":
+        return dare_ties(task_tensors, weights, density, majority_sign_method, generator)
+    return magnitude_prune(task_tensors, weights, density)
