@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from . import mixed
+from . import mixed_rows
 from .config import ALL_LINEAR, LoraConfig, check_adapter_name
 from .layers import LoraLayer, LoraLinear, check_lora_target, make_lora_layer
 from .patterns import TimedPattern
@@ -56,7 +56,7 @@ class ModulesToSaveWrapper(nn.Module):
     `modules_to_save[name]` is adapter `name`'s own deep copy of the original, made when the adapter is added;
     at most one of them is active (`active_adapter`; None: the original runs) and only that one may train. The
     forward runs the active copy, or the original when the wrapper is disabled or holds no copy for the active
-    adapter; with `adapter_names` (a mixed batch, mixed.py) each row runs its own adapter's copy.
+    adapter; with `adapter_names` (a mixed batch, mixed_rows.py) each row runs its own adapter's copy.
     """
 
     def __init__(self, module: nn.Module, adapter_name: str = "default", active: bool = True):
@@ -77,7 +77,7 @@ class ModulesToSaveWrapper(nn.Module):
 
     def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
         if adapter_names is not None:
-            return mixed.mixed_saved_forward(self, adapter_names, *args, **kwargs)
+            return mixed_rows.mixed_saved_forward(self, adapter_names, *args, **kwargs)
         trained = None if self.disabled else self.active_copy()
         return (self.original_module if trained is None else trained)(*args, **kwargs)
 

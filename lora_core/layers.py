@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
-from . import dora_layer, fused, mixed
+from . import dora_layer, fused, mixed_rows
 from .config import LoraConfig, check_adapter_name
 from .inits import init_factors
 from .targets import DISPATCH, LINEAR_TYPES, fan_in_fan_out_for, in_out_features, is_supported, weight_device_dtype
@@ -195,10 +195,10 @@ class LoraLayer(nn.Module):
         """base_layer(x) + Σ lora_B(lora_A(lora_dropout(x))) * scaling over the active adapters, in the base's dtype.
 
         A DoRA adapter rescales what came before it instead (dora_layer.py). `adapter_names` (one per example,
-        "__base__" for none) makes it a mixed batch: mixed.py.
+        "__base__" for none) makes it a mixed batch: mixed_rows.py.
         """
         if adapter_names is not None:
-            return mixed.mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
+            return mixed_rows.mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.disabled:
             return result

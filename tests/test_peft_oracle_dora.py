@@ -390,7 +390,7 @@ def test_use_dora_is_written_and_read_back():
 
 def test_a_mixed_batch_refuses_a_dora_adapter_as_peft_does():
     ours, theirs = plain_then_dora()
-    with pytest.raises(ValueError, match="DoRA"):
+    with pytest.raises(ValueError, match="use_dora=True"):
         ours.transformer.h[0].attn.c_attn(torch.zeros(2, 3, 32), adapter_names=["x", "y"])
     with pytest.raises(ValueError, match="DoRA"):
         theirs(TOKENS, adapter_names=["x", "y"])
