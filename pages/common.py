@@ -59,6 +59,8 @@ PAGES = (
               "**Live fine-tuning**: train SmolLM2 or distilgpt2 with LoRA, then merge and export"),
     PageEntry("pages/adapters.py", "Load an adapter", ":material/upload_file:",
               "**Load an adapter**: upload a PEFT adapter, see what it holds and what it changes"),
+    PageEntry("pages/merging.py", "Merging studio", ":material/merge:",
+              "**Merging studio**: train two adapters on two tasks, merge them PEFT's eleven ways, score both tasks"),
     PageEntry("pages/qlora.py", "QLoRA and memory", ":material/memory:",
               "**QLoRA and memory**: NF4 from scratch and what a training step costs"),
     PageEntry("pages/memory.py", "Memory: estimated and measured", ":material/straighten:",

@@ -55,6 +55,25 @@ else:
     st.dataframe([{"case": r["case"], "trainable": r["trainable"], "ms / step": round(r["ms"], 1),
                    "× floor": round(r["vs_floor"], 3)} for r in rows], hide_index=True)
 
+variants = report.shipped_result("cpu_variants")
+if variants is not None:
+    st.subheader("DoRA and two adapters, against the same floor")
+    st.markdown("DoRA trains a magnitude per output feature beside A and B, and recomputes the row norms ‖W + ΔW‖ "
+                "in every forward (arXiv 2402.09353); two active adapters add two branches to every targeted layer. "
+                "Each row is lora_core and PEFT with the same variant, timed in one process, interleaved with the "
+                "frozen floor; **saved MiB** is what one forward keeps for the backward, weights excluded.")
+    st.table([{"variant": r["variant"], "ours × floor": round(r["ours × floor"], 3),
+               "PEFT × floor": round(r["PEFT × floor"], 3), "ours × PEFT": round(r["ours × PEFT"], 3),
+               "trainable": r["trainable (ours)"], "saved MiB (ours)": round(r["saved MiB (ours)"], 1),
+               "saved MiB (PEFT)": round(r["saved MiB (PEFT)"], 1)} for r in report.comparison_rows(variants)])
+    spread = report.comparison_spread(variants)
+    load = variants.get("load_average_start") or [float("nan")]
+    st.caption(f"{variants['device_name']}, batch {variants['batch']} × seq {variants['seq']}, medians of "
+               f"{variants['repeats']} interleaved steps × {variants['runs']} runs; other work kept the load average "
+               f"at {load[0]:.1f} when it started. "
+               + (f"Between runs one ratio moved by {spread:.2f}: smaller gaps are noise. " if spread else "")
+               + f"`{variants['provenance']['command']}`")
+
 st.info("**No GPU measurement exists yet.** The task that built this page had no GPU, so nothing here was "
         "timed on one. On a CUDA machine, run:\n\n"
         "`python -m lora_core.bench --device cuda --dtype bf16 --batch 16 --seq 256 --runs 3 --compile "

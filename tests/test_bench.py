@@ -4,6 +4,7 @@ No timing is ever asserted. The fast paths it measures are pinned to the plain f
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -157,3 +158,101 @@ def test_the_quoted_h100_highlights_come_from_the_reference_rows():
 def test_the_live_benchmark_checks_its_inputs_before_starting_a_process():
     with pytest.raises(ValueError, match="is not allowed"):
         cli.live_benchmark(batch=0)
+
+
+# --- DoRA and two adapters (issue 14): ours and PEFT's same variant, against the floor, in one run -----------------
+ADAPTERS = ("lora", "dora", "two-adapters")
+
+
+def test_each_adapter_is_compared_with_ratios_from_the_run_s_own_numbers():
+    cfg = run.BenchConfig(targets=("c_attn",), ranks=(4,), runs=2, variants=("frozen", "ours", "peft"),
+                          adapters=ADAPTERS, **QUICK)
+    result = json.loads(json.dumps(run.run_benchmark(cfg, TINY)))
+    cases = {c["name"]: c for c in result["cases"]}
+    assert list(cases) == ["frozen (floor)", "ours c_attn r=4", "peft c_attn r=4", "ours dora c_attn r=4",
+                           "peft dora c_attn r=4", "ours two-adapters c_attn r=4", "peft two-adapters c_attn r=4"]
+    floor = cases["frozen (floor)"]["ms_runs"]["eager"]  # eager only: the floor is the eager frozen step
+    rows = {row["adapter"]: row for row in result["comparisons"]}
+    assert list(rows) == list(ADAPTERS)
+    for adapter, row in rows.items():
+        ours = cases[row["ours_case"]]["ms_runs"]["eager"]
+        peft = cases[row["peft_case"]]["ms_runs"]["eager"]
+        want = {"ours_vs_floor": [o / f for o, f in zip(ours, floor, strict=True)],
+                "peft_vs_floor": [p / f for p, f in zip(peft, floor, strict=True)],
+                "ours_vs_peft": [o / p for o, p in zip(ours, peft, strict=True)]}
+        for key, per_run in want.items():
+            assert row["per_run"][key] == pytest.approx(per_run), (adapter, key)
+            assert row[key] == pytest.approx(statistics.median(per_run)), (adapter, key)
+        assert (row["targets"], row["r"]) == ("c_attn", 4)
+        assert row["ours_trainable"] == row["peft_trainable"] > 0          # the same parameters train
+        assert row["ours_saved_bytes"] > 0 and row["peft_saved_bytes"] > 0
+        assert row["ours_train_state_bytes"] == 3 * 4 * row["ours_trainable"]  # fp32 grad + two AdamW moments
+    lora = rows["lora"]["ours_trainable"]
+    c_attn_out = 2 * 3 * TINY.n_embd                                        # one magnitude per output, 2 layers
+    assert rows["dora"]["ours_trainable"] == lora + c_attn_out
+    assert rows["two-adapters"]["ours_trainable"] == 2 * lora
+    # the headline stays plain LoRA's (default case c_attn r=8, not run here), and the readers show every adapter
+    assert result["ours_vs_frozen"] is None
+    assert report.format_table(result).count("PEFT (eager) vs floor") == 1 + len(ADAPTERS)
+    table = report.comparison_markdown(result).splitlines()
+    assert len(table) == 2 + len(ADAPTERS) and table[2].startswith("| lora c_attn r=4 | ")
+
+
+def test_adapter_ratios_take_our_fastest_step_and_peft_eager_against_each_run_s_floor():
+    def case(name, variant, adapter=None, **ms_runs):
+        c = run.Case(name, variant, "c_attn" if adapter else None, 8 if adapter else None, adapter)
+        c.ms_runs, c.ms = ms_runs, {m: v[0] for m, v in ms_runs.items()}
+        c.trainable, c.grad_bytes, c.state_bytes, c.saved_bytes = 10, 40, 80, 1000
+        return c
+
+    cases = [case("frozen (floor)", "frozen", eager=[100.0, 110.0], compiled=[80.0, 90.0]),
+             case("ours c_attn r=8", "ours", "lora", eager=[101.0, 111.0], compiled=[82.0, 90.0]),
+             case("peft c_attn r=8", "peft", "lora", eager=[120.0, 132.0], compiled=[70.0, 70.0]),
+             case("ours dora c_attn r=8", "ours", "dora", eager=[150.0, 160.0]),
+             case("peft dora c_attn r=8", "peft", "dora", eager=[200.0, 180.0])]
+    rows = {r["adapter"]: r for r in report.adapter_ratios(cases, runs=2)}
+    assert rows["lora"]["per_run"]["ours_vs_floor"] == pytest.approx([82 / 80, 90 / 90])
+    assert rows["lora"]["per_run"]["peft_vs_floor"] == pytest.approx([120 / 80, 132 / 90])  # eager, not compiled
+    assert rows["dora"]["per_run"]["ours_vs_peft"] == pytest.approx([150 / 200, 160 / 180])
+    assert rows["dora"]["ours_vs_floor"] == pytest.approx((150 / 80 + 160 / 90) / 2)        # median of two runs
+    assert rows["dora"]["ours_train_state_bytes"] == 120 and rows["dora"]["peft_saved_bytes"] == 1000
+    headline, _, _ = report.floor_ratios(cases, runs=2)                                     # still plain LoRA's
+    assert headline["ours_vs_peft"] == pytest.approx([82 / 120, 90 / 132])
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_the_timed_steps_compute_peft_s_losses(adapter):
+    """What is timed is the same computation: the bench's own ours and PEFT models, our (non-zero) factors loaded
+    into PEFT's, give the same loss step after step, so AdamW moved both adapters (and DoRA's magnitude) alike."""
+    cfg = run.BenchConfig(targets=("c_attn",), ranks=(4,), variants=("frozen", "ours", "peft"), adapters=(adapter,),
+                          lr=1e-2, **QUICK)
+    base = run.random_model(tiny_gpt2_config(dropout=0.0))  # train mode as timed, with nothing random in it
+    runners = {r.case.variant: r for r in run._build(cfg, base)}
+    ours, theirs = runners["ours"], runners["peft"]
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in ours.model.named_parameters():
+            if ".lora_B." in name:  # B = 0 at init would make every adapter the base model at step 1
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    theirs.model.base_model.model.load_state_dict(ours.model.state_dict(), strict=True)  # the same keys, all of them
+    trainable = lambda m: {n.removeprefix("base_model.model.") for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable(ours.model) == trainable(theirs.model)
+    if adapter == "two-adapters":
+        assert lc.active_adapters(ours.model) == ["first", "second"]
+        assert theirs.model.base_model.active_adapters == ["first", "second"]
+    ids = torch.randint(0, TINY.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    for k in range(3):
+        got = step.train_step(ours.model, ours.optimizer, ids)
+        want = step.train_step(theirs.model, theirs.optimizer, ids)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"step {k}: {m}")
+
+
+def test_speed_page_shows_the_shipped_adapter_comparison(app_page):
+    shipped = report.shipped_result("cpu_variants")
+    assert {c["adapter"] for c in shipped["comparisons"]} == set(ADAPTERS)
+    at = app_page("speed")
+    table = at.table[0].value
+    rows = report.comparison_rows(shipped)
+    assert list(table["variant"]) == [r["variant"] for r in rows]
+    assert list(table["ours × PEFT"]) == [round(r["ours × PEFT"], 3) for r in rows]
+    assert any(shipped["provenance"]["command"] in c.value for c in at.caption)

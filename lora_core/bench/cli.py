@@ -18,8 +18,16 @@ from pathlib import Path
 
 from ..provenance import provenance as stamp
 from . import run
-from .report import format_layer_table, format_table, layer_benchmark, load_result, markdown_table
-from .run import DTYPES, LIVE, TARGETS, VARIANTS, BenchConfig, run_benchmark
+from .report import (
+    comparison_markdown,
+    format_layer_table,
+    format_table,
+    layer_benchmark,
+    load_result,
+    markdown_table,
+)
+from .run import DTYPES, LIVE, VARIANTS, BenchConfig, run_benchmark
+from .variants import ADAPTERS, TARGETS
 
 
 def live_benchmark(batch: int = LIVE.batch, seq: int = LIVE.seq, repeats: int = LIVE.repeats,
@@ -34,6 +42,7 @@ def live_benchmark(batch: int = LIVE.batch, seq: int = LIVE.seq, repeats: int = 
     argv = [sys.executable, "-m", "lora_core.bench", "--json", "--batch", str(cfg.batch), "--seq", str(cfg.seq),
             "--repeats", str(cfg.repeats), "--warmup", str(cfg.warmup), "--runs", str(cfg.runs),
             "--targets", *cfg.targets, "--ranks", *map(str, cfg.ranks), "--variants", *cfg.variants,
+            "--adapters", *cfg.adapters,
             *(["--threads", str(cfg.threads)] if cfg.threads is not None else [])]
     repo = str(Path(__file__).resolve().parents[2])  # the folder holding lora_core, installed or not
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}
@@ -59,6 +68,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     p.add_argument("--ranks", nargs="+", type=int, default=[8, 64])
     p.add_argument("--variants", nargs="+", default=["frozen", "ours", "peft", "full"], choices=list(VARIANTS),
                    help="ours-addmm / ours-plain: lora_core with its slower forward paths, for comparison")
+    p.add_argument("--adapters", nargs="+", default=["lora"], choices=list(ADAPTERS),
+                   help="what ours and peft train: one LoRA adapter, one DoRA adapter, two LoRA adapters both active")
     p.add_argument("--layers", action="store_true",
                    help="instead: time one LoRA layer per distilgpt2 shape, each forward path against the frozen layer")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
@@ -72,14 +83,17 @@ def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     cfg = BenchConfig(device=a.device, dtype=a.dtype, batch=a.batch, seq=a.seq, repeats=a.repeats, warmup=a.warmup,
                       runs=a.runs, targets=tuple(a.targets), ranks=tuple(a.ranks), compile=a.compile,
                       cuda_graphs=a.cuda_graphs, compile_budget_s=a.compile_budget, variants=tuple(a.variants),
-                      threads=a.threads)
+                      adapters=tuple(a.adapters), threads=a.threads)
     return cfg, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, args = _parse(argv)
     if args.markdown:
-        print(markdown_table(load_result(args.markdown)))
+        result = load_result(args.markdown)
+        print(markdown_table(result))
+        if comparisons := comparison_markdown(result):  # results with DoRA / two adapters: ours, PEFT, floor
+            print("\n" + comparisons)
         return 0
     if args.layers:
         rows = layer_benchmark(tokens=cfg.batch * cfg.seq, r=cfg.ranks[0], rounds=args.rounds, threads=cfg.threads,

@@ -32,15 +32,33 @@ RESULTS_DIR = REPO_ROOT / "results" / "bench"  # shipped JSON results with prove
 RESULTS_PATH_HINT = "results/bench/"             # the same folder as a user types it, from the repository root
 
 
+def _floor_runs(cases: list, runs: int) -> list[float]:
+    """Per run: the fastest frozen step this run could make, compiled or not (cases[0] is the frozen case)."""
+    frozen = cases[0]
+    return [min(frozen.ms_runs[m][i] for m in frozen.ms_runs) for i in range(runs)]
+
+
+def _best(case: object | None, runs: int, modes: Sequence[str] | None = None) -> list[float]:
+    """Per run: the case's fastest mode (or the fastest of `modes`)."""
+    if case is None:
+        return []
+    modes = [m for m in (modes or case.ms_runs) if m in case.ms_runs]
+    return [min(case.ms_runs[m][i] for m in modes) for i in range(runs)] if modes else []
+
+
+def _ratio(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True)] if a and b else []
+
+
 def floor_ratios(cases: list, runs: int) -> tuple[dict[str, list[float]], str | None, str | None]:
     """Fill each case's vs_frozen / vs_floor; return the per-run headline ratios and the modes they used.
 
     The floor is the fastest frozen step of each run, compiled or not. "ours" is our fastest step; PEFT is
     timed as users run it (eager). cases[0] must be the frozen case; every case has `runs` times per mode.
+    The headline is plain LoRA's (one adapter) in DEFAULT_CASE; `adapter_ratios` has every adapter's.
     """
     frozen = cases[0]
-    # The floor is the fastest frozen step this run could make, compiled or not (per run: the best mode).
-    floor_runs = [min(frozen.ms_runs[m][i] for m in frozen.ms_runs) for i in range(runs)]
+    floor_runs = _floor_runs(cases, runs)
     for case in cases:
         for mode in case.ms:
             same = [a / b for a, b in zip(case.ms_runs[mode], frozen.ms_runs.get(mode, []), strict=False) if b]
@@ -48,31 +66,51 @@ def floor_ratios(cases: list, runs: int) -> tuple[dict[str, list[float]], str | 
                 case.vs_frozen[mode] = statistics.median(same)
             case.vs_floor[mode] = statistics.median(a / b for a, b in zip(case.ms_runs[mode], floor_runs, strict=True))
 
-    def best(case: object | None, modes: Sequence[str] | None = None) -> list[float]:
-        """Per run: the case's fastest mode (or the fastest of `modes`)."""
-        if case is None:
-            return []
-        modes = [m for m in (modes or case.ms_runs) if m in case.ms_runs]
-        return [min(case.ms_runs[m][i] for m in modes) for i in range(runs)] if modes else []
-
-    def ratio(a: list[float], b: list[float]) -> list[float]:
-        return [x / y for x, y in zip(a, b, strict=True)] if a and b else []
-
-    by = {(c.variant, c.targets, c.r): c for c in cases}
+    by = {(c.variant, c.targets, c.r): c for c in cases if (c.adapter or "lora") == "lora"}
     ours, peft = by.get(("ours", *DEFAULT_CASE)), by.get(("peft", *DEFAULT_CASE))
     full = by.get(("full", None, None))
+    ours_best, peft_eager = _best(ours, runs), _best(peft, runs, ["eager"])  # PEFT as users run it: eager
     headline = {
-        "ours_vs_frozen": ratio(best(ours), floor_runs),          # our best step against the floor
-        "peft_vs_frozen": ratio(best(peft, ["eager"]), floor_runs),  # PEFT as users run it: eager
-        "ours_vs_peft": ratio(best(ours), best(peft, ["eager"])),
-        "full_vs_frozen": ratio(best(full), floor_runs),
-        "ours_eager_vs_frozen_eager": ratio(best(ours, ["eager"]), best(frozen, ["eager"])),
+        "ours_vs_frozen": _ratio(ours_best, floor_runs),          # our best step against the floor
+        "peft_vs_frozen": _ratio(peft_eager, floor_runs),
+        "ours_vs_peft": _ratio(ours_best, peft_eager),
+        "full_vs_frozen": _ratio(_best(full, runs), floor_runs),
+        "ours_eager_vs_frozen_eager": _ratio(_best(ours, runs, ["eager"]), _best(frozen, runs, ["eager"])),
     }
 
     def fastest(case: object | None) -> str | None:
         return min(case.ms, key=case.ms.get) if case is not None and case.ms else None
 
     return headline, fastest(frozen), fastest(ours)
+
+
+def adapter_ratios(cases: list, runs: int) -> list[dict]:
+    """Per (adapter, targets, r) with an ours or a PEFT case: ours ÷ floor, PEFT ÷ floor and ours ÷ PEFT.
+
+    The same rules as the headline (floor_ratios): the floor is the fastest frozen step of each run, ours is our
+    fastest step, PEFT is eager. Each ratio is the median over runs of that run's own ratio, and the per-run
+    ratios are kept beside it. Memory: trainable parameters, gradient + AdamW bytes and saved activation bytes.
+    """
+    floor_runs = _floor_runs(cases, runs)
+    groups: dict[tuple, dict[str, object]] = {}
+    for c in cases:
+        if c.variant in ("ours", "peft"):
+            groups.setdefault((c.adapter or "lora", c.targets, c.r), {})[c.variant] = c
+    rows = []
+    for (adapter, targets, r), pair in groups.items():
+        ours, peft = pair.get("ours"), pair.get("peft")
+        per_run = {"ours_vs_floor": _ratio(_best(ours, runs), floor_runs),
+                   "peft_vs_floor": _ratio(_best(peft, runs, ["eager"]), floor_runs),
+                   "ours_vs_peft": _ratio(_best(ours, runs), _best(peft, runs, ["eager"]))}
+        row = {"adapter": adapter, "targets": targets, "r": r,
+               "ours_case": ours.name if ours else None, "peft_case": peft.name if peft else None,
+               **{k: statistics.median(v) if v else None for k, v in per_run.items()}, "per_run": per_run}
+        for who, case in (("ours", ours), ("peft", peft)):
+            row[f"{who}_trainable"] = case.trainable if case else None
+            row[f"{who}_train_state_bytes"] = case.grad_bytes + case.state_bytes if case else None
+            row[f"{who}_saved_bytes"] = case.saved_bytes if case else None
+        rows.append(row)
+    return rows
 
 
 # Quoted from the issue that asked for this benchmark: measured ELSEWHERE, on an H100, and not
@@ -182,12 +220,12 @@ def format_table(result: dict) -> str:
     head = (f"LoRA step vs the frozen floor: {result['model']}, {result['device_name']}, {result['dtype']}, "
             f"batch {result['batch']} × seq {result['seq']}, torch {result['torch']}, "
             f"median of {result['repeats']} interleaved steps × {result['runs']} run(s)")
-    cols = f"{'case':<28}{'trainable':>12}" + "".join(f"{m + ' ms':>15}{'× floor':>10}" for m in modes)
+    cols = f"{'case':<34}{'trainable':>12}" + "".join(f"{m + ' ms':>15}{'× floor':>10}" for m in modes)
     if result["peak_memory"]:
         cols += "".join(f"{'peak MiB ' + m:>20}" for m in modes)
     lines = [head, cols, "-" * len(cols)]
     for c in result["cases"]:
-        row = f"{c['name']:<28}{c['trainable']:>12,}"
+        row = f"{c['name']:<34}{c['trainable']:>12,}"
         for m in modes:
             if m in c["ms"]:
                 row += f"{c['ms'][m]:>15.1f}{c.get('vs_floor', c['vs_frozen']).get(m, float('nan')):>10.3f}"
@@ -203,6 +241,10 @@ def format_table(result: dict) -> str:
                  f"{fmt(result['ours_vs_frozen'])}, PEFT (eager) vs floor {fmt(result['peft_vs_frozen'])}, "
                  f"ours vs PEFT {fmt(result['ours_vs_peft'])}; "
                  f"full fine-tuning vs floor {fmt(result['full_vs_frozen'])}")
+    for row in comparison_rows(result):
+        lines.append(f"{row['variant']}: ours vs floor {fmt(row['ours × floor'])}, PEFT (eager) vs floor "
+                     f"{fmt(row['PEFT × floor'])}, ours vs PEFT {fmt(row['ours × PEFT'])}; saved activations "
+                     f"{row['saved MiB (ours)']:.1f} MiB ours, {row['saved MiB (PEFT)']:.1f} MiB PEFT")
     notes: dict[tuple[str, str], list[str]] = {}
     for c in result["cases"]:
         for m, why in c["skipped"].items():
@@ -220,10 +262,56 @@ def case_rows(result: dict, mode: str = "eager") -> list[dict]:
         if mode not in c["ms"]:
             continue
         rows.append({"case": c["name"], "variant": c["variant"], "targets": c["targets"], "r": c["r"],
+                     "adapter": c.get("adapter"), "saved_mib": c.get("saved_bytes", 0) / 2**20,
                      "ms": c["ms"][mode], "vs_frozen": c["vs_frozen"].get(mode),
                      "vs_floor": c.get("vs_floor", c["vs_frozen"]).get(mode), "trainable": c["trainable"],
                      "grad_mib": c["grad_bytes"] / 2**20, "state_mib": c["state_bytes"] / 2**20})
     return rows
+
+
+def comparison_rows(result: dict) -> list[dict]:
+    """One row per adapter (lora, dora, two-adapters) and setting: ours and PEFT against the floor and each other,
+    from the same interleaved run, with what each holds (trainable parameters, gradients + AdamW, saved activations).
+
+    Empty for a result written before adapters were compared. A ratio is None where its case was not timed, and a
+    memory column NaN where its case is missing.
+    """
+    mib = lambda b: float("nan") if b is None else b / 2**20
+    return [{"variant": f"{c['adapter']} {c['targets']} r={c['r']}", "ours × floor": c["ours_vs_floor"],
+             "PEFT × floor": c["peft_vs_floor"], "ours × PEFT": c["ours_vs_peft"],
+             "trainable (ours)": c["ours_trainable"], "trainable (PEFT)": c["peft_trainable"],
+             "grads + AdamW MiB (ours)": mib(c["ours_train_state_bytes"]),
+             "grads + AdamW MiB (PEFT)": mib(c["peft_train_state_bytes"]),
+             "saved MiB (ours)": mib(c["ours_saved_bytes"]), "saved MiB (PEFT)": mib(c["peft_saved_bytes"])}
+            for c in result.get("comparisons", [])]
+
+
+def comparison_spread(result: dict) -> float | None:
+    """The largest gap between two runs of one ratio in `comparisons`: how far this result's noise reaches."""
+    gaps = [max(v) - min(v) for c in result.get("comparisons", []) for v in c["per_run"].values() if len(v) > 1]
+    return max(gaps) if gaps else None
+
+
+def comparison_markdown(result: dict) -> str:
+    """`comparison_rows` as a Markdown table (ratios to 3 decimals, MiB to 1), for docs/performance.md."""
+    rows = comparison_rows(result)
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(_markdown_cell(k, row[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _markdown_cell(key: str, value: object) -> str:
+    if value is None or value != value:  # not timed, or no such case (NaN)
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3f}" if "×" in key else f"{value:.1f}"
 
 
 def load_result(path: str | os.PathLike) -> dict:

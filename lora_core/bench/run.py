@@ -21,6 +21,11 @@ Variants, all in ONE process, on distilgpt2's shapes with seeded random weights 
     peft          `peft.get_peft_model` with the same config, AdamW over the factors
     full          full fine-tuning (its own copy of the weights), AdamW over everything
 
+`--adapters` picks what ours and peft train, on the same targets and ranks (variants.py): one plain LoRA adapter
+("lora", the default), one DoRA adapter ("dora") and two LoRA adapters both active ("two-adapters"). For each, the
+result's "comparisons" hold ours ÷ floor, PEFT ÷ floor and ours ÷ PEFT from the same interleaved run, and every
+case records its trainable parameters, gradient and AdamW bytes and the activation bytes one forward saves.
+
 Timing: every variant is warmed up, then timed one step at a time in interleaved rounds (the
 order rotates each round), so load from other processes hits every variant alike; each case
 reports the median. Ratios are computed within the run. `--runs N` repeats the whole
@@ -42,20 +47,16 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from ..config import LoraConfig
 from ..device import describe_device, pick_device
-from ..inject import inject_lora, lora_layers
+from ..inject import lora_layers
 from ..layers import LoraLinear
 from ..models.sources import load_config
 from ..sharing import shared_base_copy
-from .report import (
-    DEFAULT_CASE,
-    floor_ratios,
-)
+from .report import DEFAULT_CASE, adapter_ratios, floor_ratios
 from .step import cuda_graph_step, frozen_graph_step, train_step
+from .variants import ADAPTERS, TARGETS, check_adapter, ours_model, peft_model, saved_activation_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TARGETS = {"c_attn": ["c_attn"], "all-linear": "all-linear"}  # distilgpt2: all-linear = c_attn+c_proj+c_fc
 # "ours" is lora_core as shipped; "ours-addmm" and "ours-plain" force LoraLinear's slower forward paths,
 # so one run can show what each fast path buys (see LoraLinear.forward_path and docs/performance.md).
 VARIANTS = ("frozen", "ours", "ours-addmm", "ours-plain", "peft", "full")
@@ -79,6 +80,7 @@ class BenchConfig:
     cuda_graphs: bool = False                              # also time whole-step CUDA graphs (CUDA only)
     compile_budget_s: float = 240.0                        # stop compiling once one compile takes longer
     variants: tuple[str, ...] = ("frozen", "ours", "peft", "full")
+    adapters: tuple[str, ...] = ("lora",)                  # what ours and peft train (variants.ADAPTERS)
     threads: int | None = None                             # CPU threads for the run; None keeps torch's setting
     seed: int = 0
 
@@ -99,7 +101,12 @@ class BenchConfig:
         if bad or "frozen" not in self.variants:
             raise ValueError(f"variants={list(self.variants)!r} is not allowed: 'frozen' (the floor) plus any of "
                              f"{', '.join(VARIANTS[1:])}")
+        if not self.adapters:
+            raise ValueError("adapters=[] is not allowed: name at least one of " + ", ".join(ADAPTERS))
+        for adapter in self.adapters:
+            check_adapter(adapter)
         self.targets, self.ranks, self.variants = tuple(self.targets), tuple(self.ranks), tuple(self.variants)
+        self.adapters = tuple(self.adapters)
 
 
 # A small setting for the app's live button: the same four variants, c_attn r=8 only, ~20-30 s on 2 cores.
@@ -112,12 +119,14 @@ class Case:
     """One timed variant. `ms` holds the median step time per mode ("eager", "compiled", ...)."""
 
     name: str
-    variant: str                       # frozen | ours | peft | full
+    variant: str                       # frozen | ours | ours-addmm | ours-plain | peft | full
     targets: str | None = None         # "c_attn" | "all-linear" for adapters
     r: int | None = None
+    adapter: str | None = None         # ours and peft: "lora" | "dora" | "two-adapters" (variants.py)
     trainable: int = 0                 # trainable parameters
     state_bytes: int = 0               # AdamW moments actually held after a step (measured from the tensors)
     grad_bytes: int = 0                # one gradient per trainable parameter, in its dtype
+    saved_bytes: int = 0               # activations one eager forward saves for the backward (weights excluded)
     ms: dict[str, float] = field(default_factory=dict)
     ms_runs: dict[str, list[float]] = field(default_factory=dict)
     vs_frozen: dict[str, float] = field(default_factory=dict)  # per mode: over the frozen step of the same mode
@@ -143,17 +152,6 @@ def _require_grad_on_output(module: nn.Module, inputs, output: torch.Tensor) -> 
     return output.detach().requires_grad_(True)
 
 
-def _peft_model(base: nn.Module, targets: str, r: int, alpha: float) -> nn.Module:
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
-    conv1d = any(isinstance(m, Conv1D) for m in base.modules())
-    cfg = PeftLoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS[targets], lora_dropout=0.0,
-                         fan_in_fan_out=conv1d)
-    return get_peft_model(base, cfg)
-
-
 @dataclass
 class _Runner:
     case: Case
@@ -174,25 +172,28 @@ def _build(cfg: BenchConfig, base: nn.Module) -> list[_Runner]:
     runners.append(_Runner(Case("frozen (floor)", "frozen"), frozen, None))
     for targets in cfg.targets:
         for r in cfg.ranks:
-            for variant in ("ours", "ours-addmm", "ours-plain"):
-                if variant not in cfg.variants:
-                    continue
-                ours = shared_base_copy(base)
-                inject_lora(ours, LoraConfig(r=r, lora_alpha=cfg.lora_alpha, target_modules=TARGETS[targets]))
-                path = {"ours": "one-node", "ours-addmm": "addmm", "ours-plain": "plain"}[variant]
-                for _, layer in lora_layers(ours):
-                    if isinstance(layer, LoraLinear):
-                        layer.forward_path = path
-                runners.append(_Runner(Case(f"{variant} {targets} r={r}", variant, targets, r), ours,
-                                       optimizer_for(ours)))
-            if "peft" in cfg.variants:
-                try:
-                    theirs = _peft_model(shared_base_copy(base), targets, r, cfg.lora_alpha)
-                except ImportError as err:  # PEFT is a test dependency, not a runtime one
-                    print(f"skipping PEFT: {err}", file=sys.stderr)
-                    continue
-                runners.append(_Runner(Case(f"peft {targets} r={r}", "peft", targets, r), theirs,
-                                       optimizer_for(theirs)))
+            for adapter in cfg.adapters:
+                # a plain LoRA case keeps its old name; "ours dora c_attn r=8", "peft two-adapters c_attn r=8"
+                label = f"{targets} r={r}" if adapter == "lora" else f"{adapter} {targets} r={r}"
+                # the forced slower paths (ours-addmm, ours-plain) are timed for plain LoRA only
+                for variant in ("ours", "ours-addmm", "ours-plain") if adapter == "lora" else ("ours",):
+                    if variant not in cfg.variants:
+                        continue
+                    ours = ours_model(shared_base_copy(base), targets, r, cfg.lora_alpha, adapter)
+                    path = {"ours": "one-node", "ours-addmm": "addmm", "ours-plain": "plain"}[variant]
+                    for _, layer in lora_layers(ours):
+                        if isinstance(layer, LoraLinear):
+                            layer.forward_path = path
+                    runners.append(_Runner(Case(f"{variant} {label}", variant, targets, r, adapter), ours,
+                                           optimizer_for(ours)))
+                if "peft" in cfg.variants:
+                    try:
+                        theirs = peft_model(shared_base_copy(base), targets, r, cfg.lora_alpha, adapter)
+                    except ImportError as err:  # PEFT is a test dependency, not a runtime one
+                        print(f"skipping PEFT: {err}", file=sys.stderr)
+                        continue
+                    runners.append(_Runner(Case(f"peft {label}", "peft", targets, r, adapter), theirs,
+                                           optimizer_for(theirs)))
     if "full" in cfg.variants:
         full = copy.deepcopy(base).requires_grad_(True)  # its own weights: AdamW writes them
         runners.append(_Runner(Case("full fine-tuning", "full"), full, optimizer_for(full)))
@@ -338,6 +339,8 @@ def _run(cfg: BenchConfig, model_config: str | PretrainedConfig, log: Callable[[
         per_run.append(_measure_once(runners, cfg, device))
         log(f"run {i + 1}/{cfg.runs} done")
     _peak_memory(runners, device)
+    for run in runners:  # one untimed forward each, after the timing: what the backward would read
+        run.case.saved_bytes = saved_activation_bytes(run.model, ids)
 
     cases = [run.case for run in runners]
     for run in runners:
@@ -356,6 +359,7 @@ def _run(cfg: BenchConfig, model_config: str | PretrainedConfig, log: Callable[[
         "ours_mode": ours_mode,     # which of our steps the headline uses
         **{k: (statistics.median(v) if v else None) for k, v in headline.items()},
         "ratios_per_run": headline,
+        "comparisons": adapter_ratios(cases, cfg.runs),  # per adapter, targets and r: ours, PEFT, the floor
         "device": device.type,
         "device_name": describe_device(device),
         "dtype": cfg.dtype,

@@ -1,5 +1,6 @@
 """Figures for merging adapters step by step: TIES's trim, sign election and disjoint merge (arXiv 2306.01708),
-and DARE's drop and rescale (arXiv 2311.03099).
+and DARE's drop and rescale (arXiv 2311.03099); and the Merging studio's results: two tasks' held-out losses per
+model, and one adapter merged at weight 1.0 in lora_core and in PEFT (peft issue 3761).
 
 Each builder takes a walkthrough from `lora_core.teach.merging_steps` and draws its matrices as heatmaps on one
 diverging scale centred at 0 (blue positive, red negative, white zero), the same range on every panel whose
@@ -12,7 +13,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import layout
+from .style import BLUE, GREY, ORANGE, PURPLE, RED, layout
 
 DIVERGING = "RdBu"  # red below 0, white at 0, blue above
 ZEROED = "#bdbdbd"  # the plot background, seen where a step left an exact 0
@@ -95,3 +96,59 @@ def dare_figure(walk: dict) -> go.Figure:
     title = f"DARE on one {rows}×{cols} task tensor, keep p = {p:g}: drop, rescale by 1/p (grey = 0)"
     fig = layout(fig, title, height=350, plot_bgcolor=ZEROED)
     return fig.update_layout(margin=dict(t=110))  # room for the two-line panel titles
+
+
+# --- the Merging studio ------------------------------------------------------------------------------------------
+# role -> (colour, marker symbol, size): the base, the two sources, the merge, and each type of a sweep
+ROLE_MARKERS = {"base": (GREY, "circle", 14), "merged": (RED, "star", 18), "sweep": (PURPLE, "x", 10)}
+SOURCE_COLOURS = (BLUE, ORANGE)
+RATIO = "‖ΔW'‖ / ‖ΔW‖"  # the column merging_studio.one_adapter_check writes: the merge's size over its source's
+
+
+def _points(group: list[dict], name: str, colour: str, symbol: str, size: int, x_title: str,
+            y_title: str, labelled: bool = True) -> go.Scatter:
+    return go.Scatter(x=[p["x"] for p in group], y=[p["y"] for p in group], text=[p["name"] for p in group],
+                      mode="markers+text" if labelled else "markers", textposition="top center", name=name,
+                      marker=dict(color=colour, symbol=symbol, size=size),
+                      hovertemplate="%{text}<br>" + f"{x_title}: %{{x:.4f}}<br>{y_title}: %{{y:.4f}}<extra></extra>")
+
+
+def task_losses_figure(points: list[dict], x_title: str, y_title: str,
+                       title: str = "Held-out loss on both tasks (lower-left is better)") -> go.Figure:
+    """One marker per model at (task-1 loss, task-2 loss): `points` are {"name", "role", "x", "y"} with role
+    "base", "source", "merged" or "sweep" (`merging_studio.merge_and_score` / `sweep`). Dotted lines at the base's
+    losses: a model left of the vertical one does better than the base on task 1, below the horizontal one on task 2.
+    """
+    fig = go.Figure()
+    sweep = [p for p in points if p["role"] == "sweep"]
+    if sweep:  # drawn first, under the named models; unlabelled (they crowd): the hover and the table name them
+        fig.add_trace(_points(sweep, "every combination type", *ROLE_MARKERS["sweep"], x_title, y_title, False))
+    sources = [p for p in points if p["role"] == "source"]
+    for p, colour in zip(sources, SOURCE_COLOURS * len(sources), strict=False):
+        fig.add_trace(_points([p], p["name"], colour, "diamond", 14, x_title, y_title))
+    for role in ("base", "merged"):
+        for p in (p for p in points if p["role"] == role):
+            fig.add_trace(_points([p], p["name"], *ROLE_MARKERS[role], x_title, y_title))
+            if role == "base":
+                fig.add_vline(x=p["x"], line=dict(color=GREY, dash="dot"))
+                fig.add_hline(y=p["y"], line=dict(color=GREY, dash="dot"))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title)
+    return layout(fig, title, height=460, legend=dict(orientation="h", y=-0.2))
+
+
+def one_adapter_bars(rows: list[dict], sqrt_r: float) -> go.Figure:
+    """‖ΔW'‖/‖ΔW‖ of one adapter merged at weight 1.0, rsLoRA off and on, one bar per library
+    (`merging_studio.one_adapter_check`): 1 is the source unchanged; PEFT's rsLoRA copy sits at √r."""
+    fig = go.Figure()
+    for library, colour in (("lora_core", BLUE), ("PEFT", ORANGE)):
+        mine = [row for row in rows if row["library"] == library]
+        if mine:
+            fig.add_trace(go.Bar(x=[f"rsLoRA {row['rsLoRA']}" for row in mine], y=[row[RATIO] for row in mine],
+                                 name=library, marker_color=colour, texttemplate="%{y:.4g}", textposition="outside",
+                                 hovertemplate=f"{library}, %{{x}}: {RATIO} = %{{y:.6g}}<extra></extra>"))
+    fig.add_hline(y=1.0, line=dict(color=GREY, dash="dash"))
+    fig.add_hline(y=sqrt_r, line=dict(color=RED, dash="dot"))
+    fig.update_yaxes(title="‖ΔW'‖ / ‖ΔW‖ (merged over source)", rangemode="tozero")
+    title = f"One adapter merged with weight 1.0<br><sup>dashed: 1, the source unchanged; dotted: √r = {sqrt_r:.4g}"
+    return layout(fig, title + "</sup>", barmode="group", height=380)
