@@ -2,6 +2,7 @@
 #   make app    set up (venv + installs) and open the app, offline by default
 #   make test   set up and run every test
 #   make lessons  re-execute every lesson in place, with its outputs (LESSONS="lessons/02_*.ipynb": some)
+#   make gpu-check  on a CUDA machine: GPU tests, benchmark, fine-tuning and NF4, JSON into results/gpu (docs/performance.md)
 # A room: `make app ADDRESS=0.0.0.0` serves other machines too.
 # Online with the Hugging Face hub? `make app HF_HUB_OFFLINE=0` lets distilgpt2 download once.
 
@@ -14,7 +15,7 @@ ADDRESS ?= 127.0.0.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: app test setup setup-dev lint lessons clean
+.PHONY: app test setup setup-dev lint lessons clean gpu-check
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,14 @@ lessons: setup-dev
 
 lint: setup-dev
 	$(PY) -m ruff check lora_core tests app.py pages lessons
+
+# The GPU check runs on the GPU machine's own python and packages: no venv, nothing installed, nothing from our pins.
+# Without CUDA it stops at once (exit code 2). GPU_OUT: where the JSON goes; LORA_LAB_COMMIT: the commit of a tree
+# copied without .git, for the provenance.
+GPU_PYTHON ?= python3
+GPU_OUT ?= results/gpu
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m lora_core.bench.gpu_check --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -19,12 +19,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 import pytest
 import torch
 import torch.nn as nn
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.testing.v1 import AppTest
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 import lora_core as lc
-from pages.common import HOME, PAGES
+
+try:  # the pages need streamlit and plotly; a GPU machine runs `pytest -m gpu` (make gpu-check) without either
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    from pages.common import HOME, PAGES
+except ModuleNotFoundError as err:
+    if (err.name or "").split(".")[0] not in ("streamlit", "plotly"):
+        raise
+    PagesManager = AppTest = None
+    HOME, PAGES = "app.py", ()
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,6 +166,8 @@ def app_page(monkeypatch) -> Callable[..., AppTest]:
     `session_state` is set before the first run, as another page would have left it (the Fine-tuning page's
     run, say). Call it more than once for more than one browser session; `at.switch_page(path)` moves on.
     """
+    if AppTest is None:
+        pytest.skip("streamlit is not installed (make setup installs it)")
     # `streamlit run` leaves Streamlit's old pages/-folder mode for good at app.py's first st.navigation call.
     # AppTest turns that mode back on before every run when a pages/ folder sits beside the script, and would
     # then run a page it switched to on its own, without app.py. Keep it off, as the server does.

@@ -91,6 +91,7 @@ def test_cuda_graph_step_refuses_cpu_tensors():
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_trains_like_the_eager_step():
     cfg = tiny_gpt2_config(dropout=0.0)

@@ -253,6 +253,7 @@ def test_bad_inputs_name_the_field():
         measure.measure_step(memory.MemoryConfig(model="SmolLM2-135M", method="full"), max_estimated_bytes=2**30)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: torch.cuda.max_memory_allocated")
 def test_cuda_peak_covers_the_counted_ledger():
     cfg = memory.MemoryConfig(model="distilgpt2", method="lora", r=8, target_modules=["c_attn"], batch_size=2,

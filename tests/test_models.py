@@ -32,6 +32,7 @@ EXPECTED_COUNTS = {
     "Llama-2-7b": 6_738_415_616,
     "Mistral-7B": 7_241_732_096,
     "Llama-3-8B": 8_030_261_248,
+    "Llama-3.2-1B": 1_235_814_400,
 }
 SENTENCE = "The capital of France is Paris. It is a beautiful city with many museums."
 

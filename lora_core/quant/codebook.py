@@ -159,8 +159,8 @@ def block_normalize(w: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor
 
 def quantize_blockwise(w: torch.Tensor, codebook: torch.Tensor, block_size: int = 64) -> QuantizedTensor:
     """Round every weight, after dividing by its block's absmax, to the nearest codebook level."""
-    levels = _check_codebook(codebook)
     normalized, absmax = block_normalize(w, block_size)
+    levels = _check_codebook(codebook).to(normalized.device)                # checked on the CPU, used beside w
     # Nearest level = which gap between midpoints the value falls in: O(n) memory, unlike
     # an (n, 16) distance matrix, so a 28M-entry embedding quantizes too.
     midpoints = (levels[1:] + levels[:-1]) / 2                               # (levels - 1,)
