@@ -25,9 +25,12 @@ def provenance(module: str, argv: Sequence[str], device: str | None = None) -> d
                                 timeout=10, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                     capture_output=True, text=True, timeout=10, check=True).stdout.strip())
-    except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed wheel, a copied tree), or no git
-        # A tree copied without .git (to a GPU machine, say) can be told its commit: LORA_LAB_COMMIT=<sha>.
-        commit, dirty = os.environ.get("LORA_LAB_COMMIT") or None, None
+    except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed wheel), or no git
+        commit, dirty = None, None
+    if told := os.environ.get("LORA_LAB_COMMIT"):
+        # A tree copied to another machine (a GPU machine, say) may carry no .git or a stale one: the sender says
+        # which commit it sent, and that wins; whether the copy was changed since is then unknown.
+        commit, dirty = told, None
     return {"command": shlex.join(["python", "-m", module, *argv]), "commit": commit,
             "uncommitted_changes": dirty, "device": describe_device(pick_device(device)),
             "torch": torch.__version__, "time": datetime.now(UTC).isoformat(timespec="seconds")}

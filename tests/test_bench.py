@@ -90,7 +90,16 @@ def test_cuda_graph_step_refuses_cpu_tensors():
         step.cuda_graph_step(model, opt, torch.zeros(1, 4, dtype=torch.long))
 
 
-@pytest.mark.gpu
+def test_a_graph_twin_shares_the_frozen_weights_and_owns_the_trainable_ones():
+    model = run.random_model(TINY)
+    lc.inject_lora(model, lc.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"]))
+    twin = step.graph_twin(model)
+    pairs = list(zip(model.named_parameters(), twin.named_parameters(), strict=True))
+    assert all(a is b for (_, a), (_, b) in pairs if not a.requires_grad)
+    trainable = [(n, a, b) for (n, a), (_, b) in pairs if a.requires_grad]
+    assert trainable and all(a is not b and a.data_ptr() != b.data_ptr() and torch.equal(a, b) for _, a, b in trainable)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_trains_like_the_eager_step():

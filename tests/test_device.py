@@ -34,7 +34,6 @@ def test_autocast_and_describe_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device_autocast_and_describe():
     device = pick_device("auto")

@@ -133,3 +133,19 @@ def test_a_rehearsal_writes_one_json_per_part_with_provenance(tmp_path):
     assert {"command", "commit", "device", "torch", "time"} <= set(summary["provenance"])
     assert {"torch", "transformers", "peft", "cuda", "gpu"} <= set(summary["versions"])
     assert json.loads((tmp_path / "gpu_nf4.json").read_text())["ok"]
+
+
+def test_a_part_stopped_at_its_limit_keeps_what_it_printed():
+    code, out, _ = gpu_check._child(["-c", "import time; print('{\"row\": {\"n\": 1}}', flush=True); time.sleep(60)"],
+                                    timeout=5, rehearse=False)
+    assert code is None and '{"row": {"n": 1}}' in out
+
+
+def test_the_commit_a_sender_names_wins_over_a_copied_tree_s_git(monkeypatch):
+    from lora_core.provenance import provenance
+
+    monkeypatch.setenv("LORA_LAB_COMMIT", "6e0e3e4")
+    stamp = provenance("lora_core.bench.gpu_check", ["--out", "x"], "cpu")
+    assert stamp["commit"] == "6e0e3e4" and stamp["uncommitted_changes"] is None
+    monkeypatch.delenv("LORA_LAB_COMMIT")
+    assert provenance("lora_core.bench.gpu_check", [], "cpu")["commit"] != "6e0e3e4"

@@ -40,7 +40,7 @@ from ..settings_file import REPO_ROOT
 
 PARTS = ("nf4", "tests", "bench", "finetune", "bench-compiled")
 # seconds each part may take; the whole check also stops starting parts once --deadline-s is near
-BUDGET_S = {"nf4": 60, "tests": 120, "bench": 120, "finetune": 120, "bench-compiled": 240}
+BUDGET_S = {"nf4": 60, "tests": 120, "bench": 150, "finetune": 150, "bench-compiled": 240}
 # the files holding tests marked `gpu` (tests/test_gpu_check.py checks that none is missing)
 GPU_TEST_FILES = ("tests/test_gpu.py", "tests/test_device.py", "tests/test_bench.py", "tests/test_memory_measured.py")
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "numpy")
@@ -85,14 +85,20 @@ def _env(rehearse: bool) -> dict:
             **({"LORA_GPU_TEST_DEVICE": "cpu"} if rehearse else {})}
 
 
+def _text(stream) -> str:
+    return stream.decode(errors="replace") if isinstance(stream, bytes) else (stream or "")
+
+
 def _child(argv: list[str], timeout: float, rehearse: bool) -> tuple[int | None, str, str]:
-    """Run `python *argv` from the repository root; (exit code or None on timeout, stdout, stderr's tail)."""
+    """Run `python *argv` from the repository root: (exit code, or None past `timeout`; stdout; stderr's tail).
+
+    Past its limit the child is killed and what it printed so far is kept: a part that prints each result as it
+    goes (the fine-tuning rows) still reports those."""
     try:
         done = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=_env(rehearse), capture_output=True,
                               text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as err:
-        tail = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
-        return None, "", tail[-4000:]
+        return None, _text(err.stdout), _text(err.stderr)[-4000:]
     return done.returncode, done.stdout, done.stderr[-4000:]
 
 
@@ -134,9 +140,11 @@ def run_part(part: str, rehearse: bool, timeout: float) -> dict:
     elif part in ("nf4", "finetune"):
         code, out, err = _child(["-m", "lora_core.bench.gpu_check", "--inner", part,
                                  *(["--rehearse"] if rehearse else [])], timeout, rehearse)
-        lines = out.strip().splitlines()
-        result = {**(json.loads(lines[-1]) if code == 0 and lines else {"part": part, "ok": False}),
-                  "exit_code": code}
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        done = [line for line in lines if "row" not in line]
+        result = {**(done[-1] if code == 0 and done else {"part": part, "ok": False}), "exit_code": code}
+        if not done:  # stopped early: the rows it finished
+            result["rows"] = [line["row"] for line in lines if "row" in line]
     else:
         raise ValueError(f"part={part!r} is not allowed: choose from {', '.join(PARTS)}")
     result["seconds"] = time.perf_counter() - t0
@@ -156,7 +164,12 @@ def _inner(part: str, rehearse: bool) -> dict:
     if part == "nf4":
         shapes = ((96, 64), (64, 192)) if rehearse else gpu_parts.NF4_SHAPES
         return gpu_parts.nf4_check(device, shapes, repeats=2 if rehearse else 20)
-    return gpu_parts.finetune_rows(device, rehearse=rehearse)
+    def progress(row: dict) -> None:  # one line per finished row, so a part stopped at its limit still has them
+        print(json.dumps({"row": row}), flush=True)
+        print(f"  {row['model']} {row['precision']}: {row['steps']} steps, {row['steps_per_s']:.1f} steps/s "
+              f"(setup {row['setup_s']:.0f} s, warm-up {row['warmup_s']:.0f} s)", file=sys.stderr, flush=True)
+
+    return gpu_parts.finetune_rows(device, rehearse=rehearse, on_row=progress)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

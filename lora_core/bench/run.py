@@ -53,7 +53,7 @@ from ..layers import LoraLinear
 from ..models.sources import load_config
 from ..sharing import shared_base_copy
 from .report import DEFAULT_CASE, adapter_ratios, floor_ratios
-from .step import cuda_graph_step, frozen_graph_step, train_step
+from .step import cuda_graph_step, frozen_graph_step, graph_twin, train_step
 from .variants import ADAPTERS, TARGETS, check_adapter, ours_model, peft_model, saved_activation_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -249,18 +249,16 @@ def _add_cuda_graphs(runners: list[_Runner], ids: torch.Tensor, cfg: BenchConfig
         if device.type != "cuda":
             run.case.skipped["cudagraph"] = "CUDA graphs need a CUDA device"
             continue
+        twin = graph_twin(run.model)  # its own trainable weights: eager and captured steps never share them
         try:
             if run.optimizer is None:
-                run.steps["cudagraph"] = frozen_graph_step(run.model, ids)
+                run.steps["cudagraph"] = frozen_graph_step(twin, ids)
             else:
-                params = [p for p in run.model.parameters() if p.requires_grad]
+                params = [p for p in twin.parameters() if p.requires_grad]
                 opt = torch.optim.AdamW(params, lr=cfg.lr, capturable=True)
-                run.steps["cudagraph"] = cuda_graph_step(run.model, opt, ids)
+                run.steps["cudagraph"] = cuda_graph_step(twin, opt, ids)
         except Exception as err:  # e.g. a host sync inside the model's forward breaks capture
             run.case.skipped["cudagraph"] = f"capture failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
-        finally:
-            for p in run.model.parameters():
-                p.grad = None  # the eager step starts from no gradients, as before
 
 
 def _measure_once(runners: list[_Runner], cfg: BenchConfig, device: torch.device) -> dict[str, dict[str, float]]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -26,6 +27,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, ids: t
     return loss
 
 
+def graph_twin(model: nn.Module) -> nn.Module:
+    """A copy of `model` for a captured step: frozen parameters shared, trainable ones (and buffers) its own."""
+    memo = {id(p): p for p in model.parameters() if not p.requires_grad}
+    return copy.deepcopy(model, memo)
+
+
 def cuda_graph_step(model: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor,
                     warmup: int = 3) -> Callable[[], torch.Tensor]:
     """The whole training step (forward, backward, AdamW) captured once as a CUDA graph, replayed per call.
@@ -36,6 +43,10 @@ def cuda_graph_step(model: nn.Module, optimizer: torch.optim.Optimizer, ids: tor
     `ids` is a static input: copy a new batch into it before a replay. Dropout masks are drawn inside the
     graph from CUDA's graph-safe generator. One launch replaces hundreds of small kernel launches, which
     is where it pays: small batches on a fast GPU. Returns a callable that replays and gives the loss.
+
+    Give the graph a model of its own (`graph_twin`): the captured backward's AccumulateGrad nodes belong to the
+    side stream, and an eager step on the same parameters afterwards met them there. On an H200 (torch 2.11) that
+    ended in an illegal memory access in the eager backward, after torch's warning of a stream mismatch.
     """
     if ids.device.type != "cuda":
         raise ValueError(f"cuda_graph_step needs CUDA tensors; ids are on {ids.device}")
@@ -55,6 +66,7 @@ def cuda_graph_step(model: nn.Module, optimizer: torch.optim.Optimizer, ids: tor
         static_loss = model(input_ids=ids, labels=ids).loss
         static_loss.backward()
         optimizer.step()
+    static_loss = static_loss.detach()  # the same memory, refilled by each replay; the autograd graph is let go
 
     def replay() -> torch.Tensor:
         graph.replay()
@@ -77,6 +89,7 @@ def frozen_graph_step(model: nn.Module, ids: torch.Tensor, warmup: int = 3) -> C
     with torch.cuda.graph(graph):
         static_loss = model(input_ids=ids, labels=ids).loss
         static_loss.backward()
+    static_loss = static_loss.detach()
 
     def replay() -> torch.Tensor:
         graph.replay()
