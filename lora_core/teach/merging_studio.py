@@ -25,19 +25,14 @@ global generator; `_LocalDraws` hands those calls a local one instead, so torch'
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
-import math
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedTokenizerBase
 
 from ..adapters import add_adapter, delete_adapter, set_adapter
@@ -51,7 +46,8 @@ from ..training.data import Dataset, Pair, encode_prompt, left_pad, load_dataset
 from ..training.metrics import completion_loss, generate
 from ..training.trainer import TrainConfig, Trainer, TrainingDiverged
 from ..weighted import COMBINATION_TYPES, PRUNING, add_weighted_adapter
-from .seeded import generator, materialize_gpt2, random_ids, tiny_gpt2, tiny_gpt2_on_meta
+from .one_adapter import DLOGIT, ONE_ADAPTER_TARGETS, RATIO, one_adapter_check  # noqa: F401  (the page's names)
+from .seeded import generator
 
 if TYPE_CHECKING:
     from ..serve.settings import Settings
@@ -62,8 +58,6 @@ MIXED_ROWS = ("recsys", "e2e", "merged", BASE)                       # the rows 
 WEIGHT_RANGE = (-1.0, 2.0)                                           # a source's weight: negative subtracts it
 MAX_HELDOUT = 60                                                     # the recommendations test split's size
 E2E_TRAIN = 300                                                      # E2E training pairs (the other task has 220)
-ONE_ADAPTER_TARGETS = ["c_attn", "c_proj"]                           # every Conv1D of the tiny GPT-2
-RATIO, DLOGIT = "‖ΔW'‖ / ‖ΔW‖", "max |Δlogit| vs source"             # the one-adapter check's two measures
 
 
 @dataclass(frozen=True)
@@ -328,99 +322,3 @@ def mixed_generations(studio: Studio, prompts: Sequence[str], max_new_tokens: in
              for i, row in enumerate(MIXED_ROWS)]
     return {"rows": table, "prompts": prompts, "same": sum(a == b for a, b in zip(mixed, single, strict=True)),
             "total": len(mixed), "max_abs_dlogit": gap}
-
-
-# --- one adapter at weight 1.0: lora_core against PEFT (PEFT issue 3761) ---------------------------------------
-# The torch functions that draw from the global generator unless handed `generator=` (what a layer's init calls).
-_DRAWS = frozenset({"uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "bernoulli_", "rand", "randn"})
-
-
-class _LocalDraws(TorchFunctionMode):
-    """Inside, a draw that would come from torch's global generator comes from `gen` instead.
-
-    PEFT's add_weighted_adapter builds the new adapter's nn.Linear, whose init draws from the global generator (the
-    values are then overwritten). A torch function mode is thread-local, so another learner's thread is untouched.
-    """
-
-    def __init__(self, gen: torch.Generator):
-        super().__init__()
-        self.gen = gen
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__name__", "") in _DRAWS and kwargs.get("generator") is None:
-            kwargs = {**kwargs, "generator": self.gen}
-        return func(*args, **kwargs)
-
-
-Side = tuple[list[torch.Tensor], torch.Tensor, float]  # one adapter as measured: ΔW per layer, logits, scaling
-
-
-def _measure(library: str, rslora: bool, source: Side, merged: Side) -> dict:
-    """One row: ‖ΔW'‖/‖ΔW‖ over every adapted layer, max |Δlogit| of the merged adapter against its source."""
-    def norm(deltas: list[torch.Tensor]) -> float:
-        return math.sqrt(sum(float(d.float().norm()) ** 2 for d in deltas))
-    return {"rsLoRA": "on" if rslora else "off", "library": library, "source scaling": source[2],
-            "merged scaling": merged[2], RATIO: norm(merged[0]) / norm(source[0]),
-            DLOGIT: float((merged[1] - source[1]).abs().max())}
-
-
-@torch.no_grad()
-def _ours(model: nn.Module, name: str, ids: torch.Tensor) -> Side:
-    layers = [layer for _, layer in lora_layers(model) if name in layer.r]
-    set_adapter(model, name, inference_mode=True)
-    return [layer.delta_weight(name) for layer in layers], model(input_ids=ids).logits, layers[0].scaling[name]
-
-
-@torch.no_grad()
-def _theirs(peft, twin: nn.Module, name: str, ids: torch.Tensor) -> Side:
-    layers = [m for m in twin.modules() if isinstance(m, peft.tuners.lora.LoraLayer) and name in m.r]
-    twin.set_adapter(name)
-    return [layer.get_delta_weight(name) for layer in layers], twin(input_ids=ids).logits, layers[0].scaling[name]
-
-
-def one_adapter_check(r: int = 4) -> dict:
-    """Merge ONE adapter with weight 1.0 (rsLoRA off, then on) in lora_core and in PEFT, on the same weights.
-
-    A tiny seeded GPT-2 holds two adapters, "plain" and "rslora" (r, α = 2r, both factors random so ΔW ≠ 0);
-    PEFT's twin is built on the meta device (no draws) and loads our state dict, so both start equal. Returns the
-    table rows, and {"ours"|"peft": {False|True: row}} by rsLoRA. PEFT's rows are absent when it is not installed.
-    """
-    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 64:
-        reject("r", r, "an integer from 1 to 64")
-    fields = dict(r=r, lora_alpha=2 * r, target_modules=ONE_ADAPTER_TARGETS, init_lora_weights=False)
-    seed = 0  # the same tiny model and adapters every time
-    ours = tiny_gpt2(seed)
-    gen = generator(seed + 1)
-    inject_lora(ours, LoraConfig(**fields), adapter_name="plain", generator=gen)
-    add_adapter(ours, "rslora", LoraConfig(**fields, use_rslora=True), generator=gen)
-    ids = random_ids(ours.config.vocab_size, (2, 12), seed + 2)              # (2, 12)
-    peft = importlib.import_module("peft") if importlib.util.find_spec("peft") else None
-    twin = _peft_twin(peft, fields, ours.state_dict(), seed) if peft is not None else None
-    result: dict = {"r": r, "sqrt_r": math.sqrt(r), "available": peft is not None, "rows": [], "ours": {}, "peft": {}}
-    for source, rslora in (("plain", False), ("rslora", True)):
-        merged = f"{source}_merged"
-        add_weighted_adapter(ours, [source], [1.0], merged, combination_type="linear")
-        result["ours"][rslora] = _measure("lora_core", rslora, _ours(ours, source, ids), _ours(ours, merged, ids))
-        result["rows"].append(result["ours"][rslora])
-        if twin is not None:
-            with warnings.catch_warnings(), _LocalDraws(generator(seed + 3)):
-                warnings.simplefilter("ignore")
-                twin.add_weighted_adapter([source], [1.0], merged, combination_type="linear")
-            result["peft"][rslora] = _measure("PEFT", rslora, _theirs(peft, twin, source, ids),
-                                              _theirs(peft, twin, merged, ids))
-            result["rows"].append(result["peft"][rslora])
-    return result
-
-
-def _peft_twin(peft, fields: dict, state: dict, seed: int) -> nn.Module:
-    """PEFT's model with the same two adapters and weights: wrapped on meta (no draws), then our state dict loaded."""
-    def config(rslora: bool):
-        return peft.LoraConfig(**fields, use_rslora=rslora, fan_in_fan_out=True)
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        twin = peft.get_peft_model(tiny_gpt2_on_meta(), config(False), adapter_name="plain")
-        twin.add_adapter("rslora", config(True))
-    twin = materialize_gpt2(twin, seed).eval()  # eval: GPT-2's dropout would draw from the global RNG
-    twin.base_model.model.load_state_dict(state)
-    return twin
