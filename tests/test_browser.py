@@ -9,10 +9,9 @@ from browser_util import settle as _settle
 
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
          "scaling": "Scaling", "qlora": "QLoRA", "memory": "Memory", "speed": "Speed",
-         "replays": "Research replays", "merging": "Merging studio"}
+         "replays": "Research replays", "merging": "Merging studio", "variants": "Variants"}
 # Pages that may draw no chart until asked.
-TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter",
-             "variants": "Variants"}
+TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
 
 # Live fine-tuning is driven end to end by test_training_in_the_browser_survives_a_page_switch and test_room*.py.
 TRAINED = {"finetune"}
