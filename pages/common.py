@@ -55,6 +55,8 @@ PAGES = (
               "**Rank and SVD**: why a low-rank update is enough, ΔW's spectrum, subspace similarity"),
     PageEntry("pages/scaling.py", "Scaling: α, r, rsLoRA", ":material/balance:",
               "**Scaling**: α/r against rsLoRA's α/√r, and α as a learning rate under Adam"),
+    PageEntry("pages/variants.py", "Variants: DoRA, LoRA+, LoRA-FA, OLoRA", ":material/alt_route:",
+              "**Variants**: DoRA's magnitude and direction, LoRA+, LoRA-FA, OLoRA and PiSSA, measured on SmolLM2"),
     PageEntry("pages/finetune.py", "Live fine-tuning", ":material/model_training:",
               "**Live fine-tuning**: train SmolLM2 or distilgpt2 with LoRA, then merge and export"),
     PageEntry("pages/adapters.py", "Load an adapter", ":material/upload_file:",

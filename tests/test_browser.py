@@ -9,7 +9,7 @@ from browser_util import settle as _settle
 
 PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank_svd": "Rank and SVD",
          "scaling": "Scaling", "qlora": "QLoRA", "memory": "Memory", "speed": "Speed",
-         "replays": "Research replays", "merging": "Merging studio"}
+         "replays": "Research replays", "merging": "Merging studio", "variants": "Variants"}
 # Pages that may draw no chart until asked.
 TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
 

@@ -8,6 +8,9 @@
 Like minGPT's mingpt/trainer.py the Trainer knows nothing about the model beyond "a causal LM whose
 trainable parameters are the adapter": LoRA (Hu et al. 2021, arXiv 2106.09685) is injected first
 with `lc.inject_lora`, and AdamW (Loshchilov & Hutter, arXiv 1711.05101) sees only what requires grad.
+`TrainConfig(optimizer="loraplus")` gives B a learning rate `loraplus_lr_ratio` times A's (LoRA+, arXiv
+2402.12354) and `optimizer="lorafa"` freezes every A and projects B's gradient (LoRA-FA, arXiv 2308.03303),
+both as PEFT builds them (lora_core/optimizers.py); the schedule scales every parameter group alike.
 
 Everything random (data order, dropout masks) comes from the Trainer's own streams, seeded by
 cfg.seed and kept in the Trainer, so the same seed gives the same losses, and a run paused
@@ -40,12 +43,14 @@ from transformers import PreTrainedTokenizerBase
 
 from ..device import autocast, pick_device
 from ..inject import lora_layers
+from ..optimizers import create_lorafa_optimizer, create_loraplus_optimizer
 from . import metrics as ev
 from .data import IGNORE_INDEX, Dataset, collate, encode_pair
 from .metrics import token_nll
 
 # Held while torch's global generator carries one Trainer's dropout stream (see the module docstring).
 _GLOBAL_RNG_LOCK = threading.Lock()
+OPTIMIZERS = ("adamw", "loraplus", "lorafa")
 
 
 class TrainingDiverged(RuntimeError):
@@ -89,6 +94,8 @@ class TrainConfig:
     device: str | None = None          # None: train where the model already is
     log_every: int = 1                 # run() calls its callback every log_every steps (and on the last)
     min_lr_ratio: float = 0.1          # the cosine ends at lr * min_lr_ratio, then stays there
+    optimizer: str = "adamw"           # "adamw" | "loraplus" (B at loraplus_lr_ratio * lr) | "lorafa" (A frozen)
+    loraplus_lr_ratio: float = 16.0    # LoRA+'s lr_B / lr_A (read only with optimizer="loraplus")
 
     def __post_init__(self) -> None:
         _number("lr", self.lr, 0.0, low_open=True)
@@ -108,6 +115,9 @@ class TrainConfig:
         if self.device is not None and not isinstance(self.device, str):
             raise ValueError(f"device={self.device!r} is not allowed: use None, 'cpu', 'cuda' or 'mps'")
         _number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is not allowed: use one of {', '.join(OPTIMIZERS)}")
+        _number("loraplus_lr_ratio", self.loraplus_lr_ratio, 0.0, low_open=True)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -145,12 +155,16 @@ class Trainer:
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
                  cfg: TrainConfig | None = None, full_finetune: bool = False):
         """`full_finetune=True` trains whatever requires grad without an adapter: full fine-tuning, the
-        baseline the research replays compare LoRA with. Otherwise the model must carry a LoRA adapter."""
+        baseline the research replays compare LoRA with. Otherwise the model must carry a LoRA adapter.
+        With cfg.optimizer="lorafa" the Trainer freezes every LoRA A of `model` (LoRA-FA trains B alone)."""
         self.cfg = cfg = cfg or TrainConfig()
         self.model, self.tokenizer, self.dataset = model, tokenizer, dataset
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable or not (full_finetune or hasattr(model, "lora_configs")):
             raise ValueError("model has no LoRA adapter to train: call lc.inject_lora(model, cfg) first")
+        if full_finetune and cfg.optimizer != "adamw":
+            raise ValueError(f"optimizer={cfg.optimizer!r} is not allowed with full_finetune=True: LoRA+ and LoRA-FA "
+                             "act on LoRA's factors; use 'adamw'")
         self.names = [n for n, _ in trainable]
         self.params = [p for _, p in trainable]
         first = next(model.parameters())
@@ -168,7 +182,13 @@ class Trainer:
         if empty:
             raise ValueError(f"seq_len={cfg.seq_len} leaves no completion token in {len(empty)} of "
                              f"{len(self.examples)} training examples (e.g. #{empty[0]}): raise seq_len")
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Built last, once every check has passed: LoRA-FA freezes the A factors, so the model changes only here.
+        self.optimizer = self._build_optimizer(model)
+        if cfg.optimizer == "lorafa":  # what still trains: B (and any magnitude, bias or saved module)
+            self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+            self.params = [p for p in model.parameters() if p.requires_grad]
+        # Each group's share of the scheduled lr (LoRA+'s B groups: loraplus_lr_ratio; AdamW's one group: 1).
+        self._lr_ratios = [group["lr"] / cfg.lr for group in self.optimizer.param_groups]
         self.step_count = 0           # optimizer steps taken
         self.diverged = False
         self.history: list[dict] = []
@@ -180,6 +200,22 @@ class Trainer:
         if self.device.type == "cuda":
             self._rng_state["cuda"] = torch.Generator(device=self.device).manual_seed(cfg.seed).get_state()
         self._last_good = self._snapshot()
+
+    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW over what trains, or PEFT's LoRA+ groups, or LoRA-FA's optimizer (which freezes every A)."""
+        cfg = self.cfg
+        if cfg.optimizer == "loraplus":
+            return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.lr,
+                                             loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+                                             loraplus_weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "lorafa":
+            # create_lorafa_optimizer checks that every layer holds this r and α (one scaling per B, as PEFT's)
+            first = next((layer.adapter(n) for _, layer in lora_layers(model) for n in layer.active_adapters
+                          if n in layer.r), None)
+            if first is None:
+                raise ValueError("optimizer='lorafa' needs an active LoRA adapter: this model has none active")
+            return create_lorafa_optimizer(model, first.r, first.lora_alpha, cfg.lr, cfg.weight_decay)
+        return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     # --- randomness and snapshots ------------------------------------------------------------
     def _rng_devices(self) -> list:
@@ -239,8 +275,8 @@ class Trainer:
         cfg, model = self.cfg, self.model
         start = time.perf_counter()
         lr = lr_at(cfg, self.step_count)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, ratio in zip(self.optimizer.param_groups, self._lr_ratios, strict=True):
+            group["lr"] = lr if ratio == 1.0 else lr * ratio  # the schedule scales every group alike
         queue, order = list(self._queue), self._order_rng.get_state()
         before = self._snapshot()
         try:
