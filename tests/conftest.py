@@ -122,6 +122,17 @@ def tokens() -> torch.Tensor:
     return torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model training tests, put back afterwards. Tiny matmuls run fastest on
+    one thread; with two, a busy 2-core CI box spends most of its time at OpenMP barriers (measured: ~12x slower per
+    step under load). A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def adapter_zip() -> bytes:
     """A non-zero r=4 c_attn adapter on distilgpt2-random (the pages' offline base), zipped as PEFT writes it."""

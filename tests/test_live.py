@@ -1,6 +1,7 @@
 """LiveRun (the Fine-tuning page's engine), merge_report and the zipped adapter, on tiny models."""
 
 import io
+import time
 import zipfile
 
 import pytest
@@ -13,14 +14,7 @@ from lora_core import training
 from lora_core.teach import merge_check
 from lora_core.training.live import LiveRun
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread; the rest of the suite gets its thread count back."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matmuls on one thread
 
 
 @pytest.fixture
@@ -149,6 +143,9 @@ def test_two_threads_advancing_one_run_give_one_threads_weights(setup):
         try:
             while shared.status == "running":
                 shared.advance(seconds=0.01)
+                # A caller that lost the race returns at once; spinning on it without a pause would hold the GIL
+                # against the stepping thread's every op (a loaded CI box once took > 240 s for 8 tiny steps).
+                time.sleep(0.001)
         except Exception as err:  # the bug this guards: "modified by an inplace operation"
             errors.append(err)
 

@@ -36,14 +36,7 @@ def llama_64() -> torch.nn.Module:
 BUILDERS = {"gpt2": gpt2_64, "llama": llama_64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread; with two, a busy 2-core CI box spends most of its time
-    waiting at OpenMP barriers (measured: ~12x slower per step under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matmuls on one thread
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,7 @@ def gpt2() -> torch.nn.Module:
     return tiny_gpt2(n_positions=64, **VOCAB).requires_grad_(False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread (see test_train.py); the setting is put back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matmuls on one thread
 
 
 @pytest.fixture(scope="module")
