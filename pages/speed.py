@@ -99,8 +99,9 @@ else:
                "CUDA graphs stopped on an illegal memory access (the graph and the eager step shared one model's "
                "parameters; each captured step now has its own copy), the fine-tuning part ran past its limit "
                "before reporting a row (it now reports each row as it ends), and the NF4 check counted fp32 "
-               "rounding ties on a midpoint between two levels as a failure (ties are now reported apart). Those three parts "
-               "have not been measured again: the machine was not lent a second time in that session.")
+               "rounding ties on a midpoint between two levels as a failure (ties are now reported apart). "
+               "Those three parts have not been measured again: the machine was not lent a second time in that "
+               "session.")
 
 # --- 2. quoted reference numbers --------------------------------------------------------------------------
 st.header("2. For reference: an H100, measured elsewhere")
