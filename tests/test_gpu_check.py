@@ -34,13 +34,16 @@ def test_make_gpu_check_calls_the_check_on_the_machine_s_own_python():
 
 
 def test_the_bench_parts_ask_for_the_issue_s_settings():
-    eager, compiled = gpu_check.bench_args("bench"), gpu_check.bench_args("bench-compiled")
-    for args in (eager, compiled):
+    eager, compiled, graphs = (gpu_check.bench_args(p) for p in ("bench", "bench-compiled", "bench-graphs"))
+    for args in (eager, compiled, graphs):
         assert args[args.index("--device") + 1] == "cuda" and args[args.index("--dtype") + 1] == "bf16"
         assert args[args.index("--batch") + 1] == "16" and args[args.index("--seq") + 1] == "256"
-        assert {"c_attn", "all-linear"} <= set(args) and "--json" in args
-    assert {"8", "64", "frozen", "ours", "peft", "full", "lora", "dora", "--cuda-graphs"} <= set(eager)
-    assert "--compile" in compiled and "--compile" not in eager
+        assert {"c_attn", "all-linear", "frozen", "ours", "peft"} <= set(args) and "--json" in args
+    assert {"8", "64", "ours-plain", "full", "lora", "dora"} <= set(eager)
+    assert "--compile" in compiled and "ours-plain" in compiled
+    # a CUDA-graph crash ends its process: the eager and compiled parts must not depend on it
+    assert "--cuda-graphs" in graphs and "--cuda-graphs" not in eager + compiled
+    assert gpu_check.PARTS[-1] == "bench-graphs"
     with pytest.raises(ValueError, match="part='finetune'"):
         gpu_check.bench_args("finetune")
 
@@ -149,3 +152,28 @@ def test_the_commit_a_sender_names_wins_over_a_copied_tree_s_git(monkeypatch):
     assert stamp["commit"] == "6e0e3e4" and stamp["uncommitted_changes"] is None
     monkeypatch.delenv("LORA_LAB_COMMIT")
     assert provenance("lora_core.bench.gpu_check", [], "cpu")["commit"] != "6e0e3e4"
+
+
+def test_gpu_report_reads_each_part_from_the_newest_run_that_has_it(tmp_path, monkeypatch):
+    from lora_core.bench import gpu_report
+
+    def write_run(name, time, parts):
+        folder = tmp_path / name
+        folder.mkdir()
+        summary = {"provenance": {"commit": f"{name}0000000", "time": time},
+                   "parts": {p: {"ok": ok, "seconds": 1.0} for p, ok in parts.items()}}
+        (folder / "gpu_check.json").write_text(json.dumps(summary))
+        for part in parts:
+            (folder / f"gpu_{part}.json").write_text(json.dumps({"part": part, "from": name}))
+
+    # folder names sort the other way round from their times: the provenance's time decides
+    write_run("runB", "2026-11-29T10:00:00+00:00", {"nf4": False, "bench_compiled": True})
+    write_run("runA", "2026-11-29T20:00:00+00:00", {"nf4": True})
+    monkeypatch.setattr(gpu_report, "GPU_RESULTS_DIR", tmp_path)
+    assert [name for name, _ in gpu_report.runs()] == ["runB", "runA"]
+    nf4 = gpu_report.shipped_gpu("nf4")
+    assert nf4["from"] == "runA" and nf4["run"]["commit"] == "runA000"
+    assert gpu_report.shipped_gpu("bench_compiled")["from"] == "runB"
+    assert gpu_report.shipped_gpu("finetune") is None and gpu_report.finetune_table() == []
+    assert [(r["run"], r["part"], r["ok"]) for r in gpu_report.part_status()] == [
+        ("runB", "nf4", False), ("runB", "bench_compiled", True), ("runA", "nf4", True)]

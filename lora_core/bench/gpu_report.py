@@ -1,8 +1,13 @@
 """What `make gpu-check` found, read back from results/gpu/ for the Speed page and docs/performance.md.
 
-    shipped_gpu("bench_compiled")   # results/gpu/gpu_bench_compiled.json, or None
+Each run of the check is one folder, results/gpu/run<N>/, holding gpu_check.json (summary and provenance) and one
+gpu_<part>.json per part it ran. A later run may rerun only some parts, so each part is read from the newest run
+that has it.
+
+    shipped_gpu("bench_compiled")   # the newest results/gpu/run*/gpu_bench_compiled.json, or None
     goal_rows(result)               # the issue's three GPU goals against what was measured, per target set
-    part_status()                   # which parts of the last shipped check passed, failed or were not run
+    part_status()                   # every part of every shipped run: passed, failed, and why
+    finetune_table()                # the newest fine-tuning rows: steps/s, tokens/s, peak memory per base precision
 
 The goals are the ones the GPU issue set for a bf16 step at batch 16 x seq 256 on distilgpt2's shapes: our compiled
 LoRA step at most 1.03x the compiled frozen floor for c_attn r=8 and 1.15x for all-linear r=8, and at most 0.4x
@@ -20,10 +25,23 @@ FLOOR_GOALS = {"c_attn": 1.03, "all-linear": 1.15}   # ours (compiled) / frozen 
 PEFT_EAGER_GOAL = 0.4                                 # ours (compiled) / PEFT (eager)
 
 
+def runs() -> list[tuple[str, dict]]:
+    """(folder name, gpu_check.json) for every shipped run, oldest first by the time in its provenance."""
+    found = [(d.name, json.loads((d / "gpu_check.json").read_text()))
+             for d in GPU_RESULTS_DIR.glob("run*") if (d / "gpu_check.json").is_file()]
+    return sorted(found, key=lambda run: run[1]["provenance"]["time"])
+
+
 def shipped_gpu(part: str) -> dict | None:
-    """results/gpu/gpu_<part>.json ("check", "tests", "bench", "bench_compiled", "finetune", "nf4"), or None."""
-    path = GPU_RESULTS_DIR / f"gpu_{part}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """gpu_<part>.json ("check", "tests", "bench", "bench_compiled", "bench_graphs", "finetune", "nf4") from the
+    newest run that has it, with "run" (folder, commit, time) added; None when no run has it."""
+    for name, summary in reversed(runs()):
+        path = GPU_RESULTS_DIR / name / f"gpu_{part}.json"
+        if path.is_file():
+            stamp = summary["provenance"]
+            return {**json.loads(path.read_text()),
+                    "run": {"folder": name, "commit": stamp["commit"][:7], "time": stamp["time"]}}
+    return None
 
 
 def _case(result: dict, name: str) -> dict | None:
@@ -67,9 +85,19 @@ def goals_markdown(result: dict) -> str:
 
 
 def part_status() -> list[dict]:
-    """One row per part of the shipped check: ok or not, seconds, and why not, from gpu_check.json."""
-    summary = shipped_gpu("check")
-    if summary is None:
+    """One row per part of every shipped run, oldest run first: passed or not, seconds, and why not."""
+    return [{"run": name, "commit": summary["provenance"]["commit"][:7], "part": part, "ok": bool(p.get("ok")),
+             "seconds": p.get("seconds"), "note": p.get("error", "")}
+            for name, summary in runs() for part, p in summary["parts"].items()]
+
+
+def finetune_table() -> list[dict]:
+    """The newest shipped fine-tuning rows, as the Speed page and the docs show them (numbers unrounded)."""
+    result = shipped_gpu("finetune")
+    if result is None:
         return []
-    return [{"part": name, "ok": bool(p.get("ok")), "seconds": p.get("seconds"), "note": p.get("error", "")}
-            for name, p in summary["parts"].items()]
+    return [{"model": row["model"], "base": row["precision"], "targets": ",".join(row["targets"]), "r": row["r"],
+             "batch × seq": f"{row['batch']} × {row['seq_len']}", "steps": row["steps"],
+             "steps/s": row["steps_per_s"], "tokens/s (non-padding)": row["tokens_per_s"],
+             "base weights MiB": row["base_weight_bytes"] / 2**20, "peak MiB": row["peak_mib"],
+             "loss first → last": f"{row['first_loss']:.2f} → {row['last_loss']:.2f}"} for row in result["rows"]]
