@@ -2,6 +2,11 @@
 
     python -m lora_core.finetune --model smollm2-135m --data recommendations \
         --r 8 --alpha 16 --targets q_proj,v_proj --steps 40 --out runs/rec-r8
+    torchrun --nproc_per_node 2 -m lora_core.finetune ...     # the same run on 2 processes (DDP, distributed.py)
+
+Under torchrun or `accelerate launch` every process trains on its slice of each global batch of
+`processes x --batch-size` examples; rank 0 alone evaluates, prints and writes, and metrics.json adds the bytes
+all-reduced per step.
 
 Writes to --out:
     adapter_config.json, adapter_model.safetensors   a PEFT-format adapter (PeftModel.from_pretrained reads it)
@@ -26,9 +31,11 @@ from tqdm import tqdm
 
 from ..config import LoraConfig
 from ..inject import inject_lora, trainable_parameters
+from ..merging import merge_and_unload
 from ..models.sources import ModelUnavailableError, load_model
 from ..peft_io import save_adapter
 from .data import general_english, load_dataset
+from .distributed import DistributedTrainer, check_backend, check_merge, launch_type, world_size
 from .trainer import TrainConfig, Trainer, TrainingDiverged
 
 
@@ -37,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lora_core.finetune", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m | distilgpt2 | distilgpt2-random | a folder")
     p.add_argument("--data", default="recommendations", help="recommendations, or a .jsonl of prompt/completion")
-    p.add_argument("--r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--r", "--rank", dest="r", type=int, default=8,
+                   help="LoRA rank (under torchrun write --rank: torchrun reads --r as its own --rdzv-*)")
     p.add_argument("--alpha", type=float, default=16, help="lora_alpha; ΔW is scaled by alpha / r")
     p.add_argument("--dropout", type=float, default=0.0, help="lora_dropout on the LoRA branch's input")
     p.add_argument("--targets", default=None,
@@ -55,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24, help="generation length for BLEU and samples")
     p.add_argument("--samples", type=int, default=3, help="held-out prompts shown before/after in metrics.json")
     p.add_argument("--out", default=None, help="output folder (default: runs/<data>-r<r>)")
+    p.add_argument("--backend", default=None, help="under torchrun: gloo | nccl (default: gloo on CPU, nccl on CUDA)")
+    p.add_argument("--merge", action="store_true", help="also write the merged model (W + ΔW) into <out>/merged")
     return p
 
 
@@ -98,22 +108,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     out = Path(args.out or f"runs/{Path(args.data).stem}-r{args.r}")
     started = time.perf_counter()
+    distributed = world_size() > 1
 
     try:
-        model, tok = load_model(args.model, device=args.device)
+        if distributed:  # refused on every process alike, before any collective
+            check_backend(args.backend, "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+            if args.merge:
+                check_merge(launch_type())
+        device = None if distributed else args.device  # under a launcher each process takes its own GPU
+        model, tok = load_model(args.model, device="cpu" if distributed else device)
         # LoRA's A init from a local generator: the same --seed gives the same adapter on any device
         wrapped = inject_lora(model, lora_cfg, generator=torch.Generator().manual_seed(args.seed))
-        trainer = Trainer(model, tok, dataset, train_cfg)
+        trainer = (DistributedTrainer(model, tok, dataset, train_cfg, backend=args.backend) if distributed
+                   else Trainer(model, tok, dataset, train_cfg))
     except (ValueError, ModelUnavailableError) as e:
         parser.error(str(e))
+    main_process = not distributed or trainer.is_main
     trainable, total = trainable_parameters(model)
-    print(f"{args.model}: {len(dataset.train)} train / {len(dataset.test)} held-out pairs, "
-          f"trainable {trainable:,d} of {total:,d} params, device {trainer.device}", file=sys.stderr)
+    if main_process:
+        print(f"{args.model}: {len(dataset.train)} train / {len(dataset.test)} held-out pairs, "
+              f"trainable {trainable:,d} of {total:,d} params, device {trainer.device}"
+              + (f", {trainer.accelerator.num_processes} processes" if distributed else ""), file=sys.stderr)
 
     has_test = bool(dataset.test)
-    before = _measure(trainer, has_test, args.eval_limit, args.max_new_tokens)
+    before = _measure(trainer, has_test, args.eval_limit, args.max_new_tokens) if main_process else None
     diverged = None
-    with tqdm(total=args.steps, desc="fine-tuning", unit="step") as bar:
+    with tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=not main_process) as bar:
         def progress(m: dict) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", tok_s=f"{m['tokens_per_s']:.0f}")
@@ -121,8 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             trainer.run(args.steps, callback=progress)
         except TrainingDiverged as e:
             diverged = str(e)
+    if distributed:
+        trainer.save(out)  # rank 0 writes; every process waits for it
+        if not main_process:
+            return 1 if diverged else 0
+    else:
+        save_adapter(model, out)
     after = _measure(trainer, has_test, args.eval_limit, args.max_new_tokens)
-    save_adapter(model, out)
 
     history = trainer.history
     seconds = sum(m["seconds"] for m in history)
@@ -130,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model, "data": args.data, "device": str(trainer.device),
         "lora": asdict(lora_cfg), "wrapped_modules": sorted({n.rsplit(".", 1)[-1] for n in wrapped}),
         "train": asdict(train_cfg), "trainable_params": trainable, "total_params": total,
-        "steps": len(history), "epochs": len(history) * args.batch_size * args.grad_accum / len(dataset.train),
+        "steps": len(history),
+        "epochs": len(history) * args.batch_size * args.grad_accum * world_size() / len(dataset.train),
         "seconds": seconds,
         "steps_per_s": len(history) / seconds if seconds else None,
         "tokens_per_s": sum(m["tokens"] for m in history) / seconds if seconds else None,
@@ -144,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                      "before": before["predictions"][i], "after": after["predictions"][i]}
                     for i in _spread(len(before.get("prompts", [])), args.samples)],
         "diverged": diverged, "wall_seconds": time.perf_counter() - started, "history": history,
+        "processes": trainer.accelerator.num_processes if distributed else 1,
+        "global_batch": args.batch_size * args.grad_accum * (trainer.accelerator.num_processes if distributed else 1),
+        "allreduced_bytes_per_step": trainer.wire.bytes / len(history) if distributed and history else None,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -154,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{fmt(metrics['heldout_loss_before'])} -> {fmt(metrics['heldout_loss_after'])} | BLEU (0-100) "
           f"{fmt(metrics['bleu_before'])} -> {fmt(metrics['bleu_after'])} | general-English ppl "
           f"{fmt(metrics['ppl_general_before'])} -> {fmt(metrics['ppl_general_after'])}", file=sys.stderr)
-    print(f"wrote {out}/ (adapter + metrics.json)", file=sys.stderr)
+    if args.merge:
+        merge_and_unload(model).save_pretrained(out / "merged")
+    print(f"wrote {out}/ (adapter + metrics.json{' + merged/' if args.merge else ''})", file=sys.stderr)
     if diverged:
         print(f"error: {diverged}", file=sys.stderr)
         return 1
