@@ -8,7 +8,7 @@ import streamlit as st
 
 import pages  # noqa: F401  (a page opened by its own link still runs through app.py)
 from lora_core import viz
-from lora_core.bench import cli, gpu_report, report, run
+from lora_core.bench import cli, gpu_report, report, run, wire
 from pages.common import last_good
 
 st.title("Speed: LoRA against its floor")
@@ -149,8 +149,32 @@ if result is not None:
         st.caption(f"Full fine-tuning: {saving['full_mib']:,.0f} MiB of gradients and moments; "
                    f"ours {result['default_case']}: {saving['ours_mib']:,.2f} MiB, {saving['ratio']:,.0f}× less.")
 
-# --- 4. live ------------------------------------------------------------------------------------------------
-st.header("4. Run a small benchmark on this machine")
+# --- 4. scale: across processes -----------------------------------------------------------------------------
+st.header("4. Scale: LoRA across processes")
+st.markdown(
+    "Data-parallel training (DDP) keeps a whole copy of the model on every process, gives each a slice of the "
+    "batch, and after each backward **all-reduces the gradients**, so that every copy takes the same step. Only "
+    "parameters that train have gradients. With LoRA that is the adapter, so the wire carries the factors' "
+    "gradients and nothing of the frozen base. The bars are what DDP's communication hook counted on 2 CPU "
+    "processes (gloo) running the app's own Trainer: `python -m lora_core.bench.wire`.")
+wire_result = wire.shipped()
+if wire_result is None:
+    st.warning("No shipped measurement: `python -m lora_core.bench.wire` writes results/distributed/wire.json.")
+else:
+    wire_rows = wire.table(wire_result)
+    st.plotly_chart(viz.wire_bars(wire_rows, f"Bytes all-reduced per step, {wire_result['model']}"),
+                    width="stretch")
+    st.dataframe([{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()} for row in wire_rows],
+                 hide_index=True)
+    st.caption(f"{wire_result['processes']} processes, {wire_result['backend']}, batch "
+               f"{wire_result['batch_per_process']} per process × seq {wire_result['seq_len']}, fp32 gradients. "
+               "A ring all-reduce sends 2(N−1)/N times that per process. Seconds per step are this shared 2-core "
+               "VM's, both processes on it; the bytes are exact. "
+               f"`{wire_result['provenance']['command']}` at {wire_result['provenance']['commit'][:7]}. Lesson 14 "
+               "derives the all-reduce and says what FSDP and ZeRO-3 change.")
+
+# --- 5. live ------------------------------------------------------------------------------------------------
+st.header("5. Run a small benchmark on this machine")
 st.markdown("Small shapes, c_attn r=8 only, one CPU thread, in a process of its own: it takes about 20–30 s. With "
             "few repeats on a shared machine the ratios move by several percent from run to run; the shipped numbers "
             "above used more.")

@@ -186,3 +186,24 @@ def test_a_bad_backend_stops_every_process_with_its_name(tmp_path):
     done = torchrun_cli("--model", "distilgpt2-random", "--data", str(pairs), "--batch-size", "2",
                         "--out", str(tmp_path / "y"), timeout=120)
     assert done.returncode != 0 and "world_size=2 is not allowed with batch_size=2" in done.stderr
+
+
+def test_the_shipped_bytes_on_the_wire_are_the_trainable_gradients():
+    """results/distributed/wire.json (python -m lora_core.bench.wire): every case sent 4 bytes per trainable
+    parameter per step, as counted on distilgpt2's shapes here, and nothing of the frozen base."""
+    from lora_core.bench import run, wire
+
+    result = wire.shipped()
+    rows = {r["case"]: r for r in result["rows"]}
+    model = run.random_model("distilgpt2")
+    total = sum(p.numel() for p in model.parameters())
+    counts = {"full fine-tuning": total}
+    for name, (targets, r) in ((n, s) for n, s in wire.CASES if s is not None):
+        counts[name] = lc.count_lora_parameters("distilgpt2", lc.LoraConfig(r=r, target_modules=targets)).trainable
+    assert set(rows) == set(counts)
+    for name, trainable in counts.items():
+        assert rows[name]["trainable"] == trainable and rows[name]["allreduced_bytes_per_step"] == 4 * trainable
+    assert rows["LoRA c_attn r=8"]["allreduced_bytes_per_step"] == 589_824  # the issue's 0.59 MB
+    assert round(rows["full fine-tuning"]["allreduced_bytes_per_step"] / 1e6) == 328
+    with pytest.raises(ValueError, match="processes=1 is not allowed"):
+        wire.measure(processes=1)

@@ -52,3 +52,15 @@ def test_the_quoted_all_linear_case_counts_its_matmuls_from_the_configuration(ap
     text = " ".join(m.value for m in at.markdown)
     assert "24 extra thin matmuls" not in text
     assert "its 24 LoRA branches (c_attn, c_proj, c_fc in each of distilgpt2's layers) add 48 thin matmuls" in text
+
+
+def test_speed_page_scale_section_shows_the_shipped_bytes_on_the_wire(app_page):
+    from lora_core.bench import wire
+
+    at = app_page("speed")
+    assert not at.exception, at.exception
+    shipped = wire.table(wire.shipped())
+    shown = next(d.value for d in at.dataframe if "MB all-reduced per step" in d.value.columns)
+    assert list(shown["case"]) == [r["case"] for r in shipped]
+    assert list(shown["MB all-reduced per step"]) == [round(r["MB all-reduced per step"], 3) for r in shipped]
+    assert any(h.value.startswith("4. Scale") for h in at.header)

@@ -101,6 +101,24 @@ def measure(processes: int = 2, steps: int = 3, batch: int = 2, seq: int = 64, t
             "batch_per_process": batch, "seq_len": seq, "timed_steps": steps, "dtype": "fp32", "rows": rows}
 
 
+SHIPPED = REPO_ROOT / "results" / "distributed" / "wire.json"
+
+
+def shipped(path: str | os.PathLike = SHIPPED) -> dict | None:
+    """The shipped measurement (results/distributed/wire.json), or None."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def table(result: dict) -> list[dict]:
+    """One row per case, as the Speed page and lesson 14 show it (MB = 10^6 bytes)."""
+    return [{"case": r["case"], "trainable": r["trainable"],
+             "MB all-reduced per step": r["allreduced_bytes_per_step"] / 1e6,
+             "= 4 B × trainable": r["allreduced_bytes_per_step"] == r["formula_bytes_per_step"],
+             "× fewer than full": r["x_fewer_than_full"], "s per step": r["seconds_per_step"]}
+            for r in result["rows"]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lora_core.bench.wire", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(REPO_ROOT / "results" / "distributed" / "wire.json"))

@@ -8,7 +8,7 @@ they compute nothing a user reads off the chart. One submodule per topic; all ar
 """
 
 from .anatomy import dropout_masks, init_gallery_chart, module_treemap, pissa_spectrum
-from .bench import step_time_bars, train_state_bars
+from .bench import step_time_bars, train_state_bars, wire_bars
 from .interview import evidence_figure
 from .ledger import ledger_bars, rank_sweep_chart, weight_vs_adapter
 from .merging import dare_figure, ties_steps_figure
@@ -41,5 +41,5 @@ __all__ = [
     "learn_forget", "ledger_bars", "lr_sweep", "measured_rows", "memory_bars", "module_treemap", "phi_by_layer",
     "pissa_spectrum", "provenance_rows", "quote_rows", "rank_sweep", "rank_sweep_chart", "reduction_rows",
     "scale_vs_rank", "seed_heatmaps", "similarity_heatmap", "spectra", "step_time_bars", "subspace_heatmaps",
-    "targets_bars", "ties_steps_figure", "train_state_bars", "weight_histogram", "weight_vs_adapter"
+    "targets_bars", "ties_steps_figure", "train_state_bars", "weight_histogram", "weight_vs_adapter", "wire_bars"
 ]

@@ -42,3 +42,15 @@ def train_state_bars(rows: Sequence[dict], title: str) -> go.Figure:
     fig.update_xaxes(title="MiB held during training (log)", type="log")
     return layout(fig, title, barmode="group", height=max(260, 46 * len(rows) + 110),
                   legend=dict(orientation="h", y=-0.25))
+
+
+def wire_bars(rows: Sequence[dict], title: str) -> go.Figure:
+    """MB all-reduced per step per case on a log axis (full fine-tuning sends hundreds of times LoRA's)."""
+    rows = list(rows)[::-1]
+    fig = go.Figure(go.Bar(
+        y=[r["case"] for r in rows], x=[r["MB all-reduced per step"] for r in rows], orientation="h",
+        marker_color=[RED if r["case"].startswith("full") else BLUE for r in rows],
+        text=[f"{r['MB all-reduced per step']:,.2f} MB" for r in rows], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}<br>%{x:,.3f} MB per step<extra></extra>"))
+    fig.update_xaxes(title="MB of gradients all-reduced per optimizer step (log)", type="log")
+    return layout(fig, title, showlegend=False, height=max(240, 40 * len(rows) + 110))
