@@ -222,6 +222,7 @@ assert two["allreduced_bytes_per_step"] == 4 * two["trainable_params"]
 #   master weights and gradients);
 # * merging: no process holds a whole weight to add ΔW to, so PEFT's FSDP and DeepSpeed guides say to save the
 #   adapter and merge it afterwards in one process. `lora_core`'s CLI refuses `--merge` under either, up front;
+#   its `--fsdp` shards with FSDP2 (tested on 2 CPU processes: the same adapter as one process);
 # * QLoRA: FSDP shards only floating-point tensors, and 4-bit codes are bytes. bitsandbytes stores the codes
 #   in a float dtype (`bnb_4bit_quant_storage=torch.bfloat16`) so that FSDP can shard them; that is what let
 #   Answer.AI train a 70B model with QLoRA on two 24 GB GPUs (quoted, not measured here).

@@ -1,6 +1,7 @@
 """One process of tests/test_distributed.py's launches: `torchrun --nproc_per_node 2 tests/dist_worker.py OUT CASES`.
 
-For each case (a JSON list of {"arch", "lora": LoraConfig kwargs, "train": TrainConfig kwargs, "steps"}) it trains
+For each case (a JSON list of {"arch", "lora": LoraConfig kwargs, "train": TrainConfig kwargs, "steps", and
+optionally "strategy": "ddp" or "fsdp"}) it trains
 conftest's tiny model with DistributedTrainer, rank 0 saves the adapter into OUT/<i>/, and every rank writes
 OUT/<i>/rank<k>.json: its losses, the bytes DDP all-reduced, and whether its frozen base is bit-for-bit unchanged.
 """
@@ -43,15 +44,19 @@ def main(out: str, cases: str) -> None:
     for i, case in enumerate(json.loads(cases)):
         model = build(case["arch"], case["lora"])
         frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-        trainer = DistributedTrainer(model, tok, small_data(), TrainConfig(**case["train"]))
+        trainer = DistributedTrainer(model, tok, small_data(), TrainConfig(**case["train"]),
+                                     strategy=case.get("strategy", "ddp"))
         history = trainer.run(case["steps"])
         folder = Path(out) / str(i)
         trainer.save(folder)
         rank = trainer.accelerator.process_index
-        unchanged = all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+        whole = {n: p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP: gather the shards (all ranks)
+                 for n, p in model.named_parameters() if n in frozen}
+        unchanged = all(torch.equal(p, frozen[n]) for n, p in whole.items())
         (folder / f"rank{rank}.json").write_text(json.dumps({
             "world": trainer.accelerator.num_processes, "losses": [m["loss"] for m in history],
-            "wire_bytes": trainer.wire.bytes, "wire_calls": trainer.wire.calls, "base_unchanged": unchanged,
+            "wire_bytes": trainer.wire and trainer.wire.bytes, "wire_calls": trainer.wire and trainer.wire.calls,
+            "base_unchanged": unchanged, "sharded": sum(hasattr(p, "full_tensor") for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}))
 
 

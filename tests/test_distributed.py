@@ -33,7 +33,13 @@ CASES = [
     {"arch": "llama", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, "train": TRAIN, "steps": 2},
     {"arch": "llama", "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
                                "modules_to_save": ["lm_head"]}, "train": TRAIN, "steps": 2},
+    # FSDP (FSDP2's fully_shard, gloo on CPU): every weight sharded, the same adapter
+    {"arch": "llama", "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, "train": TRAIN, "steps": 2,
+     "strategy": "fsdp"},
+    {"arch": "gpt2", "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]},
+     "train": {**TRAIN, "grad_accum": 2}, "steps": 2, "strategy": "fsdp"},
 ]
+FSDP = [i for i, case in enumerate(CASES) if case.get("strategy") == "fsdp"]
 
 
 def free_port() -> int:
@@ -104,6 +110,8 @@ def _differs(name: str, got: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.slow
 def test_only_the_trainable_gradients_cross_the_wire(launched):
     for i, case in enumerate(CASES):
+        if i in FSDP:
+            continue  # FSDP has no communication hook to count with
         r0, r1 = ranks(launched[0] / str(i))
         per_step = 4 * r0["trainable"]  # fp32 gradients of what requires grad: nothing of the frozen base
         assert r0["wire_bytes"] == r1["wire_bytes"] == per_step * case["steps"]
@@ -115,7 +123,7 @@ def test_only_the_trainable_gradients_cross_the_wire(launched):
 def test_the_saved_2_process_adapter_loads_in_peft_with_equal_logits(launched):
     from peft import PeftModel
 
-    for i in (0, 3):
+    for i in (0, 3, *FSDP):
         case, folder = CASES[i], launched[0] / str(i)
         ours = lc.load_adapter(_base(case), folder)
         theirs = PeftModel.from_pretrained(_base(case), str(folder)).eval()
@@ -207,3 +215,34 @@ def test_the_shipped_bytes_on_the_wire_are_the_trainable_gradients():
     assert round(rows["full fine-tuning"]["allreduced_bytes_per_step"] / 1e6) == 328
     with pytest.raises(ValueError, match="processes=1 is not allowed"):
         wire.measure(processes=1)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_every_weight_on_both_processes(launched):
+    for i in FSDP:
+        r0, r1 = ranks(launched[0] / str(i))
+        model = build(CASES[i]["arch"], CASES[i]["lora"])
+        assert r0["sharded"] == r1["sharded"] == sum(1 for _ in model.parameters())  # every one a DTensor
+        assert r0["wire_bytes"] is None
+
+
+@pytest.mark.slow
+def test_the_finetune_cli_under_torchrun_with_fsdp_evaluates_in_step_and_refuses_a_merge(tmp_path):
+    out = tmp_path / "fsdp"
+    common = ["--model", "distilgpt2-random", "--rank", "8", "--targets", "c_attn", "--steps", "2", "--batch-size",
+              "2", "--seq-len", "32", "--eval-limit", "2", "--max-new-tokens", "2", "--samples", "1", "--fsdp"]
+    refused = torchrun_cli(*common, "--merge", "--out", str(out), timeout=120)
+    assert refused.returncode != 0 and "merge=True is not allowed under FSDP" in refused.stderr
+    done = torchrun_cli(*common, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["strategy"] == "fsdp" and metrics["processes"] == 2 and metrics["steps"] == 2
+    assert metrics["heldout_loss_after"] is not None and metrics["allreduced_bytes_per_step"] is None
+
+
+def test_fsdp_needs_a_launcher(capsys):
+    from lora_core.training import finetune
+
+    with pytest.raises(SystemExit):
+        finetune.main(["--model", "distilgpt2-random", "--fsdp", "--steps", "1"])
+    assert "--fsdp is not allowed in one process" in capsys.readouterr().err

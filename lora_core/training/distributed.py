@@ -18,6 +18,11 @@ knows the batch, so no collective is needed), and DDP's average over processes u
 differs (each slice pads to its own longest example), which changes nothing but fp32 rounding. Dropout masks
 are drawn per slice, so with dropout > 0 the two runs are equal in distribution, not bitwise.
 
+`strategy="fsdp"` (the CLI's --fsdp) shards every weight instead of copying it: FSDP2's `fully_shard` on each
+transformer block and the root, as PEFT's FSDP guide wraps a model. Each process then stores 1/N of the frozen
+base, and gathers each block's weights when it runs it (forward and backward): the base crosses the wire every
+step, which DDP never sends. The gradients of what trains are reduce-scattered, so the result is the same.
+
 Every process checks the same all-reduced loss and gradient norm, so a diverging step stops every process at the
 same place and no process is left waiting on a collective. Rank 0 alone logs, evaluates and saves, once, into a
 temporary folder renamed into place (`save_adapter_atomically`).
@@ -26,6 +31,7 @@ temporary folder renamed into place (`save_adapter_atomically`).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -40,12 +46,13 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from transformers import PreTrainedTokenizerBase
 
 from ..device import autocast
-from ..peft_io import save_adapter
+from ..peft_io import adapter_config_dict, adapter_keys, save_adapter
 from .data import IGNORE_INDEX, Dataset, collate
 from .metrics import token_nll
 from .trainer import TrainConfig, Trainer
 
 BACKENDS = ("gloo", "nccl")
+STRATEGIES = ("ddp", "fsdp")
 
 
 def world_size() -> int:
@@ -99,12 +106,41 @@ def _counting_allreduce(counter: WireCounter, bucket):  # no annotations: DDP ch
     return default_hooks.allreduce_hook(None, bucket)
 
 
-def save_adapter_atomically(model: nn.Module, out: str | os.PathLike) -> Path:
-    """`save_adapter` into a fresh folder beside `out`, then renamed into place: a reader never sees half a save."""
+def shard_for_fsdp(model: nn.Module) -> nn.Module:
+    """FSDP2 (`fully_shard`) as PEFT's FSDP guide wraps a model: each transformer block (the classes the model
+    lists in `_no_split_modules`) is one unit, then the root. A unit may hold frozen and trainable weights
+    together. Every weight becomes a DTensor sharded along dim 0 across the processes; in place."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def _write_peft_files(tensors: dict[str, torch.Tensor], config: dict, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def save_adapter_atomically(model: nn.Module, out: str | os.PathLike,
+                            full_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """`save_adapter` into a fresh folder beside `out`, then renamed into place: a reader never sees half a save.
+
+    `full_state`: the whole model's tensors by name, gathered from a sharded (FSDP) model; the adapter's are
+    picked from it under PEFT's keys, since the model's own parameters hold only this process's shards."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    save_adapter(model, tmp)
+    if full_state is None:
+        save_adapter(model, tmp)
+    else:
+        tensors = {key: full_state[name].contiguous() for key, name in adapter_keys(model).items()}
+        _write_peft_files(tensors, adapter_config_dict(model), tmp)
     if out.exists():  # keep what else the folder holds (metrics.json of a past run is overwritten later)
         for item in tmp.iterdir():
             target = out / item.name
@@ -126,10 +162,14 @@ class DistributedTrainer(Trainer):
     """
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, dataset: Dataset,
-                 cfg: TrainConfig | None = None, full_finetune: bool = False, backend: str | None = None):
+                 cfg: TrainConfig | None = None, full_finetune: bool = False, backend: str | None = None,
+                 strategy: str = "ddp"):
         from accelerate import Accelerator, PartialState
         from accelerate.utils import DistributedDataParallelKwargs
 
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r} is not allowed: use 'ddp' (each process holds the whole base) "
+                             "or 'fsdp' (the base sharded across processes)")
         cfg = cfg or TrainConfig()
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         backend = check_backend(backend, device.split(":")[0])
@@ -140,7 +180,8 @@ class DistributedTrainer(Trainer):
         self.accelerator = acc = Accelerator(cpu=device == "cpu", kwargs_handlers=[ddp])
         if acc.distributed_type not in ("NO", "MULTI_CPU", "MULTI_GPU"):
             raise ValueError(f"distributed_type={acc.distributed_type.value!r} is not allowed: DistributedTrainer "
-                             "runs DDP (MULTI_CPU, MULTI_GPU); launch without an FSDP or DeepSpeed config")
+                             "shards with its own strategy='fsdp' (--fsdp); launch without an accelerate FSDP or "
+                             "DeepSpeed config")
         total = acc.num_processes * cfg.batch_size
         if total > len(dataset.train):
             raise ValueError(f"world_size={acc.num_processes} is not allowed with batch_size={cfg.batch_size} on "
@@ -148,10 +189,18 @@ class DistributedTrainer(Trainer):
                              "examples within a step; use fewer processes or a smaller batch_size")
         super().__init__(model, tokenizer, dataset, TrainConfig(**{**cfg.__dict__, "device": str(acc.device)}),
                          full_finetune)
-        self.ddp_model, self.optimizer = acc.prepare(self.model, self.optimizer)
-        self.wire = WireCounter()
-        if isinstance(self.ddp_model, nn.parallel.DistributedDataParallel):
-            self.ddp_model.register_comm_hook(self.wire, _counting_allreduce)
+        self.strategy = strategy
+        self.wire: WireCounter | None = WireCounter()  # DDP's all-reduced bytes; None under FSDP (no hook)
+        if strategy == "ddp":
+            self.ddp_model, self.optimizer = acc.prepare(self.model, self.optimizer)
+            if isinstance(self.ddp_model, nn.parallel.DistributedDataParallel):
+                self.ddp_model.register_comm_hook(self.wire, _counting_allreduce)
+        else:  # the weights are replaced by sharded ones: collect what trains, and build the optimizer, again
+            self.ddp_model, self.wire = shard_for_fsdp(self.model), None
+            self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = self._build_optimizer(self.model)
+            self._last_good = self._snapshot()
 
     @property
     def is_main(self) -> bool:
@@ -177,8 +226,11 @@ class DistributedTrainer(Trainer):
                 with acc.split_between_processes(picked) as mine:
                     b = {key: v.to(self.device) for key, v in
                          collate([self.examples[i] for i in mine], self.tokenizer.pad_token_id).items()}
-                last = k == len(rounds) - 1
-                with acc.no_sync(self.ddp_model) if not last else contextlib.nullcontext():  # all-reduce once per step
+                last = k == len(rounds) - 1  # reduce the gradients once per step, after the last micro-batch
+                if self.strategy == "fsdp":
+                    self.ddp_model.set_requires_gradient_sync(last)
+                quiet = self.strategy == "ddp" and not last
+                with acc.no_sync(self.ddp_model) if quiet else contextlib.nullcontext():
                     with autocast(self.device):
                         logits = self.ddp_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                                                 use_cache=False).logits  # (b, T, V)
@@ -191,14 +243,20 @@ class DistributedTrainer(Trainer):
         if not math.isfinite(loss_sum):
             self._diverge("the loss", loss_sum, lr)
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or math.inf)  # equal everywhere
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a replicated DTensor
         if not torch.isfinite(norm):
             self._diverge("the gradient norm", norm.item(), lr)
         return loss_sum, tokens, norm
 
     def save(self, out: str | os.PathLike) -> Path | None:
         """Rank 0 writes the adapter atomically; every process waits until it is there. Returns the folder on
-        rank 0, None elsewhere."""
-        path = save_adapter_atomically(self.model, out) if self.is_main else None
+        rank 0, None elsewhere. Under FSDP every process first takes part in gathering the whole weights."""
+        full = None
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        path = save_adapter_atomically(self.model, out, full) if self.is_main else None
         self.accelerator.wait_for_everyone()
         return path
 

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/<data>-r<r>)")
     p.add_argument("--backend", default=None, help="under torchrun: gloo | nccl (default: gloo on CPU, nccl on CUDA)")
     p.add_argument("--merge", action="store_true", help="also write the merged model (W + ΔW) into <out>/merged")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard every weight across the processes "
+                                                       "(FSDP2) instead of a whole copy on each (DDP)")
     return p
 
 
@@ -111,19 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     distributed = world_size() > 1
 
     try:
+        if args.fsdp and not distributed:
+            raise ValueError("--fsdp is not allowed in one process: launch with torchrun --nproc_per_node N")
         if distributed:  # refused on every process alike, before any collective
             check_backend(args.backend, "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
             if args.merge:
-                check_merge(launch_type())
+                check_merge("FSDP" if args.fsdp else launch_type())
         device = None if distributed else args.device  # under a launcher each process takes its own GPU
         model, tok = load_model(args.model, device="cpu" if distributed else device)
         # LoRA's A init from a local generator: the same --seed gives the same adapter on any device
         wrapped = inject_lora(model, lora_cfg, generator=torch.Generator().manual_seed(args.seed))
-        trainer = (DistributedTrainer(model, tok, dataset, train_cfg, backend=args.backend) if distributed
+        trainer = (DistributedTrainer(model, tok, dataset, train_cfg, backend=args.backend,
+                                      strategy="fsdp" if args.fsdp else "ddp") if distributed
                    else Trainer(model, tok, dataset, train_cfg))
     except (ValueError, ModelUnavailableError) as e:
         parser.error(str(e))
     main_process = not distributed or trainer.is_main
+    measuring = main_process or args.fsdp  # under FSDP every forward needs every process: all measure, in step
     trainable, total = trainable_parameters(model)
     if main_process:
         print(f"{args.model}: {len(dataset.train)} train / {len(dataset.test)} held-out pairs, "
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f", {trainer.accelerator.num_processes} processes" if distributed else ""), file=sys.stderr)
 
     has_test = bool(dataset.test)
-    before = _measure(trainer, has_test, args.eval_limit, args.max_new_tokens) if main_process else None
+    before = _measure(trainer, has_test, args.eval_limit, args.max_new_tokens) if measuring else None
     diverged = None
     with tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=not main_process) as bar:
         def progress(m: dict) -> None:
@@ -143,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             diverged = str(e)
     if distributed:
         trainer.save(out)  # rank 0 writes; every process waits for it
-        if not main_process:
-            return 1 if diverged else 0
     else:
         save_adapter(model, out)
-    after = _measure(trainer, has_test, args.eval_limit, args.max_new_tokens)
+    after = _measure(trainer, has_test, args.eval_limit, args.max_new_tokens) if measuring else None
+    if not main_process:
+        return 1 if diverged else 0
 
     history = trainer.history
     seconds = sum(m["seconds"] for m in history)
@@ -172,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "diverged": diverged, "wall_seconds": time.perf_counter() - started, "history": history,
         "processes": trainer.accelerator.num_processes if distributed else 1,
         "global_batch": args.batch_size * args.grad_accum * (trainer.accelerator.num_processes if distributed else 1),
-        "allreduced_bytes_per_step": trainer.wire.bytes / len(history) if distributed and history else None,
+        "strategy": (trainer.strategy if distributed else None),
+        "allreduced_bytes_per_step": trainer.wire.bytes / len(history) if distributed and trainer.wire and history
+        else None,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
