@@ -196,7 +196,9 @@ def test_outputs_match_peft(make, kw):
     ours, theirs = build_pair(make, kw)
     with torch.no_grad():
         got, want, base = feed(ours), feed(theirs), feed(with_biases(make()))
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # atol 1e-5, as the plain-LoRA oracle tests: on an AMD EPYC host 6 of 1536 logits of the rsLoRA, bias="all"
+    # case differ by 2.6e-6 (two orders of fp32 rounding under a scaling of 16/√2); on the earlier host, by < 1e-6
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - base).abs().max() > 1e-2  # the adapter really changes the output
 
 
@@ -336,10 +338,10 @@ def test_a_dora_adapter_file_goes_both_ways(make, kw, tmp_path):
     lc.save_adapter(ours, tmp_path / "ours")
     assert lc.read_adapter_config(tmp_path / "ours").use_dora
     loaded = PeftModel.from_pretrained(with_biases(make()), tmp_path / "ours").eval()
-    torch.testing.assert_close(logits(loaded), logits(ours), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits(loaded), logits(ours), rtol=1e-5, atol=1e-5)  # see test_outputs_match_peft
     theirs.save_pretrained(tmp_path / "peft")
     back = lc.load_adapter(with_biases(make()), tmp_path / "peft").eval()
-    torch.testing.assert_close(logits(back), logits(theirs), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits(back), logits(theirs), rtol=1e-5, atol=1e-5)
     assert set(magnitudes(back)) == set(magnitudes(ours))
 
 
