@@ -106,8 +106,8 @@ else:
                "rounding ties as failures (run 2: passed, ties reported apart), the fine-tuning part reported no row "
                "before its limit (run 2: the three SmolLM2 rows; the Llama-3.2-1B row did not finish in 150 s), and "
                "the eager benchmark with CUDA graphs ended in an illegal memory access. Run 2 ended the same way, "
-               "so the eager benchmark and the CUDA-graph one are now separate parts, the graphs last: a crash "
-               "there can no longer take the eager numbers with it. That layout has not met a GPU yet.")
+               "so the eager benchmark and the CUDA-graph one are now separate parts, each in its own process: a "
+               "crash there can no longer take the eager numbers with it. That layout has not met a GPU yet.")
 
 # --- 2. quoted reference numbers --------------------------------------------------------------------------
 st.header("2. For reference: an H100, measured elsewhere")

@@ -18,7 +18,7 @@ from conftest import GPT2_TOKENS, tiny_gpt2, tiny_llama  # noqa: E402
 import lora_core as lc  # noqa: E402
 from lora_core.training.data import Dataset, load_dataset  # noqa: E402
 from lora_core.training.distributed import DistributedTrainer  # noqa: E402
-from lora_core.training.trainer import TrainConfig  # noqa: E402
+from lora_core.training.trainer import TrainConfig, TrainingDiverged  # noqa: E402
 
 VOCAB = dict(**GPT2_TOKENS, initializer_range=0.2, pad_token_id=50256)
 
@@ -46,7 +46,12 @@ def main(out: str, cases: str) -> None:
         frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
         trainer = DistributedTrainer(model, tok, small_data(), TrainConfig(**case["train"]),
                                      strategy=case.get("strategy", "ddp"))
-        history = trainer.run(case["steps"])
+        try:
+            trainer.run(case["steps"])
+            diverged = None
+        except TrainingDiverged as err:  # every rank must stop at the same step, none left in a collective
+            diverged = err.reason
+        history = trainer.history
         folder = Path(out) / str(i)
         trainer.save(folder)
         rank = trainer.accelerator.process_index
@@ -57,6 +62,7 @@ def main(out: str, cases: str) -> None:
             "world": trainer.accelerator.num_processes, "losses": [m["loss"] for m in history],
             "wire_bytes": trainer.wire and trainer.wire.bytes, "wire_calls": trainer.wire and trainer.wire.calls,
             "base_unchanged": unchanged, "sharded": sum(hasattr(p, "full_tensor") for p in model.parameters()),
+            "diverged": diverged, "dropout_stream": str(trainer.state_dict()["rng"]["cpu"][:64].tolist()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}))
 
 

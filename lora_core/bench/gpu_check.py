@@ -9,11 +9,11 @@ Six parts, each in its own child process with its own time limit, so one that fa
     tests           every test marked `gpu` (pytest -m gpu over GPU_TEST_FILES)
     bench           the benchmark in bf16, batch 16 x seq 256: c_attn and all-linear at r = 8 and 64, the frozen
                     floor, ours, PEFT and full fine-tuning, LoRA and DoRA, eager
+    bench-compiled  the same benchmark at r = 8 with torch.compile: the compiled floor, ours, ours-plain and PEFT
+    bench-graphs    the r = 8 benchmark with whole-step CUDA graphs beside eager; apart from `bench`, because it
+                    twice ended in an illegal memory access on an H200, which takes the whole process down
     finetune        the app's Trainer for a few hundred steps on SmolLM2's shapes (fp32, bf16 and NF4 base) and
                     Llama-3.2-1B's (bf16): steps/s, tokens/s, peak memory
-    bench-compiled  the same benchmark at r = 8 with torch.compile: the compiled floor, ours, ours-plain and PEFT
-    bench-graphs    the r = 8 benchmark with whole-step CUDA graphs beside eager; last, and apart from `bench`, because
-                    it twice ended in an illegal memory access on an H200, which takes the whole process down
 
 Each part writes gpu_<part>.json into --out; gpu_check.json holds the summary and the provenance (command, commit,
 GPU, torch and CUDA versions, package versions, time). It runs on whatever torch, transformers and PEFT the machine
@@ -40,7 +40,8 @@ import torch
 from ..provenance import provenance
 from ..settings_file import REPO_ROOT
 
-PARTS = ("nf4", "tests", "bench", "finetune", "bench-compiled", "bench-graphs")
+# finetune last: it is the longest, and it reports each row as it ends, so whatever time is left still gives rows
+PARTS = ("nf4", "tests", "bench", "bench-compiled", "bench-graphs", "finetune")
 # seconds each part may take; the whole check also stops starting parts once --deadline-s is near
 BUDGET_S = {"nf4": 60, "tests": 120, "bench": 120, "finetune": 210, "bench-compiled": 240, "bench-graphs": 120}
 # the files holding tests marked `gpu` (tests/test_gpu_check.py checks that none is missing)

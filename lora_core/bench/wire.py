@@ -54,13 +54,14 @@ def _worker(out: str, steps: int, batch: int, seq: int) -> None:
         trainer = DistributedTrainer(model, gpt2_tokenizer(), load_dataset("recommendations"),
                                      TrainConfig(steps=steps + 1, batch_size=batch, seq_len=seq, lr=1e-4),
                                      full_finetune=spec is None)
-        trainer.run(1)  # the first step builds DDP's buckets and AdamW's state: not timed
-        first = trainer.wire.bytes
+        trainer.run(1)  # the first step builds DDP's buckets and AdamW's state: not timed, not counted
+        first, first_calls = trainer.wire.bytes, trainer.wire.calls
         history = trainer.run(steps)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append({"case": name, "trainable": trainable, "total": sum(p.numel() for p in model.parameters()),
                      "allreduced_bytes_per_step": (trainer.wire.bytes - first) / steps,
-                     "formula_bytes_per_step": 4 * trainable, "buckets_per_step": trainer.wire.calls / (steps + 1),
+                     "formula_bytes_per_step": 4 * trainable,
+                     "buckets_per_step": (trainer.wire.calls - first_calls) / steps,
                      "seconds_per_step": statistics.median(m["seconds"] for m in history),
                      "first_step_bytes": first})
         del trainer, model

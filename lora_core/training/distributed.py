@@ -15,17 +15,20 @@ DDP's own buckets through a communication hook.
 The result equals one process training on the global batch: each process scales its summed token loss by
 `world_size / n_targets`, where n_targets counts the completion tokens of the whole global batch (every process
 knows the batch, so no collective is needed), and DDP's average over processes undoes the `world_size`. Padding
-differs (each slice pads to its own longest example), which changes nothing but fp32 rounding. Dropout masks
-are drawn per slice, so with dropout > 0 the two runs are equal in distribution, not bitwise.
+differs (each slice pads to its own longest example), which changes nothing but fp32 rounding. Each process draws
+its dropout masks from its own stream (the seed, offset by its rank), so with dropout > 0 the two runs are equal
+in distribution, not bitwise.
 
 `strategy="fsdp"` (the CLI's --fsdp) shards every weight instead of copying it: FSDP2's `fully_shard` on each
-transformer block and the root, as PEFT's FSDP guide wraps a model. Each process then stores 1/N of the frozen
-base, and gathers each block's weights when it runs it (forward and backward): the base crosses the wire every
-step, which DDP never sends. The gradients of what trains are reduce-scattered, so the result is the same.
+transformer block and the root, as PEFT's FSDP guide wraps a model. The model is sharded while still on the CPU,
+so each device only ever holds 1/N of the frozen base (each process does load the whole base into CPU memory
+first). Each process gathers a block's weights when it runs it (forward and backward): the base crosses the wire
+every step, which DDP never sends. The gradients of what trains are reduce-scattered, so the result is the same.
 
 Every process checks the same all-reduced loss and gradient norm, so a diverging step stops every process at the
-same place and no process is left waiting on a collective. Rank 0 alone logs, evaluates and saves, once, into a
-temporary folder renamed into place (`save_adapter_atomically`).
+same place and no process is left waiting on a collective. Rank 0 alone logs and saves, once, into a temporary
+folder renamed into place (`save_adapter_atomically`); it alone evaluates under DDP, while under FSDP every
+process takes part in each forward.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ from .trainer import TrainConfig, Trainer
 
 BACKENDS = ("gloo", "nccl")
 STRATEGIES = ("ddp", "fsdp")
+# what a run writes into its folder: replaced together when the folder is saved again
+RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "merged")
 
 
 def world_size() -> int:
@@ -131,25 +136,30 @@ def save_adapter_atomically(model: nn.Module, out: str | os.PathLike,
                             full_state: dict[str, torch.Tensor] | None = None) -> Path:
     """`save_adapter` into a fresh folder beside `out`, then renamed into place: a reader never sees half a save.
 
-    `full_state`: the whole model's tensors by name, gathered from a sharded (FSDP) model; the adapter's are
-    picked from it under PEFT's keys, since the model's own parameters hold only this process's shards."""
+    `full_state`: the adapter's tensors under PEFT's keys, gathered whole from a sharded (FSDP) model, whose own
+    parameters hold only this process's shards. An existing `out` is replaced whole, keeping files that are not
+    a run's (`RUN_FILES`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    if full_state is None:
-        save_adapter(model, tmp)
-    else:
-        tensors = {key: full_state[name].contiguous() for key, name in adapter_keys(model).items()}
-        _write_peft_files(tensors, adapter_config_dict(model), tmp)
-    if out.exists():  # keep what else the folder holds (metrics.json of a past run is overwritten later)
-        for item in tmp.iterdir():
-            target = out / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+    try:
+        if full_state is None:
+            save_adapter(model, tmp)
+        else:
+            tensors = {key: full_state[key].contiguous() for key in adapter_keys(model)}
+            _write_peft_files(tensors, adapter_config_dict(model), tmp)
+        if out.exists():  # swap folders: the old one aside, the new one in, one rename each
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "run")
+            os.replace(tmp, out)
+            for item in (old / "run").iterdir():  # keep a user's own files; a past run's results go
+                if item.name not in RUN_FILES and not (out / item.name).exists():
+                    os.replace(item, out / item.name)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -170,6 +180,11 @@ class DistributedTrainer(Trainer):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r} is not allowed: use 'ddp' (each process holds the whole base) "
                              "or 'fsdp' (the base sharded across processes)")
+        if launch_type() != "DDP":  # before accelerate reads the config (a DeepSpeed one imports deepspeed)
+            raise ValueError(f"distributed_type={launch_type()!r} is not allowed: DistributedTrainer shards with its "
+                             "own strategy='fsdp' (--fsdp); launch without an accelerate FSDP or DeepSpeed config")
+        if strategy == "fsdp" and world_size() < 2:
+            raise ValueError("strategy='fsdp' is not allowed in one process: launch with torchrun --nproc_per_node N")
         cfg = cfg or TrainConfig()
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         backend = check_backend(backend, device.split(":")[0])
@@ -187,8 +202,10 @@ class DistributedTrainer(Trainer):
             raise ValueError(f"world_size={acc.num_processes} is not allowed with batch_size={cfg.batch_size} on "
                              f"{len(dataset.train)} training examples: one global batch ({total}) would repeat "
                              "examples within a step; use fewer processes or a smaller batch_size")
-        super().__init__(model, tokenizer, dataset, TrainConfig(**{**cfg.__dict__, "device": str(acc.device)}),
-                         full_finetune)
+        # FSDP: build on the CPU and shard there; fully_shard puts each shard on this process's device
+        here = "cpu" if strategy == "fsdp" else str(acc.device)
+        super().__init__(model, tokenizer, dataset, TrainConfig(**{**cfg.__dict__, "device": here}), full_finetune)
+        self.cfg = TrainConfig(**{**cfg.__dict__, "device": str(acc.device)})
         self.strategy = strategy
         self.wire: WireCounter | None = WireCounter()  # DDP's all-reduced bytes; None under FSDP (no hook)
         if strategy == "ddp":
@@ -197,10 +214,16 @@ class DistributedTrainer(Trainer):
                 self.ddp_model.register_comm_hook(self.wire, _counting_allreduce)
         else:  # the weights are replaced by sharded ones: collect what trains, and build the optimizer, again
             self.ddp_model, self.wire = shard_for_fsdp(self.model), None
+            self.device = acc.device
             self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
             self.params = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = self._build_optimizer(self.model)
             self._last_good = self._snapshot()
+        # one data order for all, but each process its own dropout stream (the seed, offset by the rank)
+        seed = cfg.seed + 7919 * acc.process_index
+        self._rng_state = {"cpu": torch.Generator().manual_seed(seed).get_state()}
+        if self.device.type == "cuda":
+            self._rng_state["cuda"] = torch.Generator(device=self.device).manual_seed(seed).get_state()
 
     @property
     def is_main(self) -> bool:
@@ -238,7 +261,8 @@ class DistributedTrainer(Trainer):
                     (loss * world).backward()  # DDP averages over processes; the sum is what one process gets
                 local += torch.tensor([loss.item(), float(b["attention_mask"].sum())], dtype=torch.float64,
                                       device=self.device)
-        dist.all_reduce(local)  # every process sees the global loss, so all stop together if it is not finite
+        if dist.is_initialized():  # every process sees the global loss, so all stop together if it is not finite
+            dist.all_reduce(local)
         loss_sum, tokens = local[0].item(), int(local[1].item())
         if not math.isfinite(loss_sum):
             self._diverge("the loss", loss_sum, lr)
@@ -250,12 +274,11 @@ class DistributedTrainer(Trainer):
 
     def save(self, out: str | os.PathLike) -> Path | None:
         """Rank 0 writes the adapter atomically; every process waits until it is there. Returns the folder on
-        rank 0, None elsewhere. Under FSDP every process first takes part in gathering the whole weights."""
+        rank 0, None elsewhere. Under FSDP every process first takes part in gathering the adapter's shards."""
         full = None
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.strategy == "fsdp":  # every process gathers each adapter tensor, in the same order
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            full = {key: params[name].detach().full_tensor().cpu() for key, name in adapter_keys(self.model).items()}
         path = save_adapter_atomically(self.model, out, full) if self.is_main else None
         self.accelerator.wait_for_everyone()
         return path
