@@ -166,10 +166,17 @@ for r in rows:
           f"than full; {r['s per step']:.2f} s per step here")
 
 # %% [markdown]
-# The seconds say the same thing on a slow link: on this 2-core VM full fine-tuning's step took several times
-# LoRA's, and much of the difference is moving and adding 328 MB. Between machines on a 10 Gb/s network
-# (1.25 GB/s), a ring of many processes sends nearly 2 × 328 MB each, about half a second a step; LoRA's
-# 2 × 0.59 MB takes about a millisecond.
+# On this 2-core VM full fine-tuning's step took several times LoRA's. That gap mixes two costs the measurement
+# does not separate: computing every weight's gradient and AdamW over 82 M weights, and moving 328 MB. The wire
+# alone, between machines: a ring of N processes sends 2(N − 1)/N of the gradient from each, so on a 10 Gb/s
+# link (1.25 GB/s):
+
+# %%
+link = 10e9 / 8                                            # bytes per second on a 10 Gb/s network
+for processes in (2, 8, 64):
+    ring = 2 * (processes - 1) / processes
+    print(f"{processes:>3} processes: full fine-tuning {ring * 4 * full_trainable / link * 1e3:6.1f} ms of sending "
+          f"a step, LoRA c_attn r=8 {ring * 4 * lora_trainable / link * 1e3:5.2f} ms")
 
 # %% [markdown]
 # ## 4. The real thing: SmolLM2 on 2 processes against 1
