@@ -1,0 +1,115 @@
+"""A teacher's sweep: one knob's values handed to the room's learners one cell at a time, so that the board fills
+a whole figure (loss against r, q,v against all-linear) instead of 30 copies of the default.
+
+    sweeps = Sweeps(folder)
+    sweeps.start("rank")            # a preset of SWEEPS, or start("my sweep", knob="r", values=[4, 16])
+    sweeps.assign(session_key)      # {"sweep": ..., "knob": "r", "value": 1, "cell": 0}: the least-taken cell
+    sweeps.end()
+
+A cell goes to a new session only once every cell has as many learners as it: the first N sessions take N
+different cells, the next N the second seed of each, and so on. A session asking again keeps its cell. The state
+is sweep.json in the board's folder, written whole and renamed into place under a lock, so a restart keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .board import folder_lock
+
+# The presets follow the research replays' sweeps (lora_core/research/experiments.py: RANKS, and the two ends of
+# TARGET_SETS) and the Scaling page's question; tests/test_board.py checks the rank values against RANKS.
+SWEEPS = {
+    "rank": ("r", (1, 2, 4, 8, 16, 64)),
+    "targets": ("targets", ("q_proj,v_proj", "all-linear")),
+    "scaling": ("use_rslora", (False, True)),
+}
+KNOBS = ("r", "lora_alpha", "targets", "use_rslora", "init_lora_weights", "lr", "base_precision")
+
+
+class Sweeps:
+    """The sweep state of one board folder: at most one sweep running at a time."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / "sweep.json"
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None  # a torn file cannot happen (rename); a hand-edited one that does not parse ends the sweep
+        return state if isinstance(state, dict) and state.get("values") else None
+
+    def _write(self, state: dict | None) -> None:
+        if state is None:
+            self.path.unlink(missing_ok=True)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".sweep.", dir=self.folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def current(self) -> dict | None:
+        """The running sweep: name, knob, values, and how many sessions took each cell; None when none runs."""
+        state = self._read()
+        if state is None:
+            return None
+        return {k: state[k] for k in ("id", "name", "knob", "values", "started")} | {"taken": _taken(state)}
+
+    def start(self, name: str, knob: str | None = None, values: list | tuple | None = None) -> dict:
+        """Start sweep `name`: a preset of SWEEPS, or your own `knob` and `values`. Replaces a running one."""
+        if knob is None and values is None:
+            if name not in SWEEPS:
+                raise ValueError(f"name={name!r} is not a preset sweep: choose {', '.join(SWEEPS)}, or give a knob "
+                                 "and its values")
+            knob, values = SWEEPS[name]
+        if knob not in KNOBS:
+            raise ValueError(f"knob={knob!r} is not allowed: choose one of {', '.join(KNOBS)}")
+        values = list(values or ())
+        if not 2 <= len(values) <= 32 or len(set(map(json.dumps, values))) != len(values):
+            raise ValueError(f"values={values!r} is not allowed: give 2 to 32 different values")
+        state = {"id": secrets.token_hex(4), "name": str(name)[:40], "knob": knob, "values": values,
+                 "started": time.time(), "assigned": {}}
+        with folder_lock(self.folder / "sweep.lock", self._lock):
+            self._write(state)
+        return self.current()
+
+    def end(self) -> None:
+        with folder_lock(self.folder / "sweep.lock", self._lock):
+            self._write(None)
+
+    def assign(self, session_key: str) -> dict | None:
+        """This session's cell of the running sweep (None when none runs): its own if it has one, else the
+        least-taken cell, the first such in order."""
+        with folder_lock(self.folder / "sweep.lock", self._lock):
+            state = self._read()
+            if state is None:
+                return None
+            cell = state["assigned"].get(session_key)
+            if cell is None:
+                taken = _taken(state)
+                cell = taken.index(min(taken))
+                state["assigned"][session_key] = cell
+                self._write(state)
+        return {"sweep": state["name"], "sweep_id": state["id"], "knob": state["knob"],
+                "value": state["values"][cell], "cell": cell}
+
+
+def _taken(state: dict) -> list[int]:
+    counts = [0] * len(state["values"])
+    for cell in state["assigned"].values():
+        counts[cell] += 1
+    return counts
