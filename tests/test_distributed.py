@@ -6,9 +6,7 @@ in time, and so is each process group (a hung collective fails the test instead 
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 from dist_worker import build, small_data
 
 import lora_core as lc
-from lora_core.training.distributed import check_backend, check_merge, save_adapter_atomically
+from lora_core.training.distributed import check_backend, check_merge, local_launcher, save_adapter_atomically
 from lora_core.training.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,12 +46,6 @@ DIVERGING = {"arch": "gpt2", "lora": {"r": 4, "lora_alpha": 8, "target_modules":
                                       False}, "train": {**TRAIN, "lr": 1e6, "max_grad_norm": None}, "steps": 3}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """Every case trained once on 2 processes: (folder, seconds the launch took)."""
@@ -63,10 +55,8 @@ def launched(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
            "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                           str(ROOT / "tests" / "dist_worker.py"), str(out), json.dumps([*CASES, DIVERGING])],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    worker = [str(ROOT / "tests" / "dist_worker.py"), str(out), json.dumps([*CASES, DIVERGING])]
+    done = subprocess.run([*local_launcher(2), *worker], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return out, time.perf_counter() - t0
 
@@ -173,8 +163,7 @@ def test_bad_setups_are_refused_by_name(tmp_path):
 
 def torchrun_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(free_port()), "-m", "lora_core.finetune", *args],
+    return subprocess.run([*local_launcher(2), "-m", "lora_core.finetune", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from ..config import LoraConfig
 from ..inject import inject_lora
 from ..provenance import provenance
 from ..settings_file import REPO_ROOT
+from ..training.distributed import local_launcher
 
 # (name, LoRA targets and rank, or None for full fine-tuning)
 CASES = (("LoRA c_attn r=8", (["c_attn"], 8)), ("LoRA c_attn r=64", (["c_attn"], 64)),
@@ -69,12 +69,6 @@ def _worker(out: str, steps: int, batch: int, seq: int) -> None:
         Path(out).write_text(json.dumps(rows))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(processes: int = 2, steps: int = 3, batch: int = 2, seq: int = 64, timeout: float = 900) -> dict:
     """Launch the workers with torchrun on 127.0.0.1 and return the JSON-ready result (without provenance)."""
     if processes < 2:
@@ -83,10 +77,8 @@ def measure(processes: int = 2, steps: int = 3, batch: int = 2, seq: int = 64, t
         rows_file = Path(tmp) / "rows.json"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "lora_core.bench.wire", "--worker", str(rows_file), "--steps", str(steps),
-               "--batch", str(batch), "--seq", str(seq)]
+        cmd = [*local_launcher(processes), "-m", "lora_core.bench.wire", "--worker", str(rows_file),
+               "--steps", str(steps), "--batch", str(batch), "--seq", str(seq)]
         done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f"the {processes}-process launch failed (exit code {done.returncode}):\n"

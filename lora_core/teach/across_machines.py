@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..settings_file import REPO_ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..training.distributed import local_launcher
 
 
 def launch_finetune(processes: int, args: list[str], out: str | os.PathLike, timeout: float = 900) -> dict:
@@ -36,9 +30,8 @@ def launch_finetune(processes: int, args: list[str], out: str | os.PathLike, tim
     Returns the run's metrics.json. A failed run raises RuntimeError with the tail of what it printed."""
     if processes < 1:
         raise ValueError(f"processes={processes} is not allowed: use 1 (one plain process) or more")
-    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    cmd = [sys.executable, *launcher, "-m", "lora_core.finetune", *args, "--out", str(out)]
+    launcher = [sys.executable] if processes == 1 else local_launcher(processes)
+    cmd = [*launcher, "-m", "lora_core.finetune", *args, "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -38,6 +38,8 @@ import json
 import math
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,16 @@ RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "metrics.json",
 def world_size() -> int:
     """The number of processes the launcher (torchrun, accelerate launch) started; 1 when run plainly."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_launcher(processes: int) -> list[str]:
+    """`python -m torch.distributed.run` starting `processes` processes on this machine (127.0.0.1, a free port);
+    append `-m module args` or a script."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_addr", "127.0.0.1", "--master_port", str(port)]
 
 
 def launch_type() -> str:
