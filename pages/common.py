@@ -22,8 +22,11 @@ import lora_core as lc
 from lora_core.config import ALL_LINEAR as ALL_LINEAR  # re-exported: the library's name for every linear layer
 from lora_core.models.sources import LOADABLE, ModelSource
 from lora_core.serve.admission import TrainingSlots
+from lora_core.serve.board import Board
 from lora_core.serve.runs import RunRegistry
 from lora_core.serve.settings import Settings, load_settings
+from lora_core.serve.sweep import Sweeps
+from lora_core.serve.teacher import TeacherGate, teacher_token
 from lora_core.serve.upload_limits import upload_limit
 from lora_core.teach.ledger_views import model_facts as facts_of
 
@@ -59,6 +62,8 @@ PAGES = (
               "**Variants**: DoRA's magnitude and direction, LoRA+, LoRA-FA, OLoRA and PiSSA, measured on SmolLM2"),
     PageEntry("pages/finetune.py", "Live fine-tuning", ":material/model_training:",
               "**Live fine-tuning**: train SmolLM2 or distilgpt2 with LoRA, then merge and export"),
+    PageEntry("pages/room.py", "Room: the workshop's board", ":material/groups:",
+              "**Room**: everyone's shared runs on one board, a teacher's sweep filling the paper's figure"),
     PageEntry("pages/adapters.py", "Load an adapter", ":material/upload_file:",
               "**Load an adapter**: upload a PEFT adapter, see what it holds and what it changes"),
     PageEntry("pages/merging.py", "Merging studio", ":material/merge:",
@@ -88,6 +93,7 @@ RUN = "finetune:run"                     # the Fine-tuning page's LiveRun; Load 
 RUN_ID = "finetune:run_id"               # that run's id in the server's RunRegistry (and in the page's URL)
 TRAINED_ADAPTERS = "trained_adapters"    # {label: adapter_directions}: written by Fine-tuning, read by Rank/SVD
 SESSION_ID = "session_id"                # this session's id where no Streamlit server runs it (AppTest)
+SHARED = "room:shared"                   # {run_id: {"id", "key", "nickname"}}: this session's results on the board
 
 
 # What Markdown would act on inside a message (intraword underscores are safe: lora_alpha stays lora_alpha).
@@ -213,6 +219,39 @@ def training_slots() -> TrainingSlots:
 def run_registry() -> RunRegistry:
     """The server's live runs by id, so a reloaded tab finds its run (thread-safe, meant to change)."""
     return RunRegistry()
+
+
+# --- the room: the board, the sweep and the teacher's gate, one per server (they live on disk and lock) ------------
+@st.cache_resource(show_spinner=False)
+def _room(folder: str, max_results: int) -> tuple[Board, Sweeps]:
+    return Board(folder, max_results), Sweeps(folder)
+
+
+def room_board() -> Board:
+    """The room's board (board_dir in lora_lab.toml): every session reads and writes the same files."""
+    s = settings()
+    return _room(str(s.board_path), s.max_board_results)[0]
+
+
+def room_sweeps() -> Sweeps:
+    """The teacher's running sweep, in the board's folder."""
+    s = settings()
+    return _room(str(s.board_path), s.max_board_results)[1]
+
+
+@st.cache_resource(show_spinner=False)
+def _gate(token: str) -> TeacherGate:
+    return TeacherGate(token)
+
+
+def sweep_key() -> str:
+    """This session's key for the teacher's sweep: its own random id, kept in the session (a reload is a new one)."""
+    return st.session_state.setdefault("room:sweep_key", uuid.uuid4().hex)
+
+
+def teacher_gate() -> TeacherGate:
+    """The server-wide gate on the teacher's controls: its wait after wrong tokens is meant to be shared."""
+    return _gate(teacher_token(settings().teacher_token))
 
 
 def session_id() -> str:

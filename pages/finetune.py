@@ -9,6 +9,8 @@ import streamlit as st
 import lora_core as lc
 from lora_core import viz
 from lora_core.config import MAX_LORA_ALPHA
+from lora_core.serve import room
+from lora_core.serve.board import MAX_NICKNAME
 from lora_core.serve.runs import RELOAD_GRACE_SECONDS
 from lora_core.teach import adapter_views, low_rank, merge_check
 from lora_core.training import run_setup
@@ -17,6 +19,7 @@ from pages.common import (
     ALL_LINEAR,
     RUN,
     RUN_ID,
+    SHARED,
     TRAINED_ADAPTERS,
     as_text,
     base_model,
@@ -26,10 +29,13 @@ from pages.common import (
     let_go_of_closed_tabs,
     model_picker,
     model_sources,
+    room_board,
+    room_sweeps,
     run_registry,
     session_alive,
     session_id,
     settings,
+    sweep_key,
     training_slots,
     upload_widget,
 )
@@ -60,19 +66,25 @@ with st.spinner(f"Loading {model_name}…"):
     candidates = module_names(model_name)
 
 limits = settings()  # every limited input's maximum is the server's own limit
+ranks = run_setup.rank_choices(limits)
+# A teacher's sweep (Room page): this session's cell of it becomes the form's defaults.
+preset = room.form_preset(last_good("finetune:sweep", lambda: room_sweeps().assign(sweep_key())), candidates, ranks)
+if preset:
+    st.info(as_text(preset["note"].capitalize()), icon=":material/grid_on:")
 with st.form("config"):
     c1, c2, c3, c4 = st.columns(4)
-    ranks = run_setup.rank_choices(limits)
-    r = c1.select_slider("r", ranks, value=8 if 8 in ranks else ranks[-1])
-    alpha = c2.number_input("lora_alpha", value=16.0, step=1.0, max_value=MAX_LORA_ALPHA)
+    r = c1.select_slider("r", ranks, value=preset.get("r", 8 if 8 in ranks else ranks[-1]))
+    alpha = c2.number_input("lora_alpha", value=preset.get("lora_alpha", 16.0), step=1.0, max_value=MAX_LORA_ALPHA)
     dropout = c3.number_input("lora_dropout", value=0.0, step=0.05, format="%.2f")
     init = c4.selectbox("init_lora_weights", run_setup.INIT_CHOICES,
+                        index=run_setup.INIT_CHOICES.index(preset.get("init_lora_weights", True)),
                         format_func=lambda v: {True: "True (Kaiming A, zero B)",
                                                False: "False (both random)"}.get(v, v))
     c1, c2, c3, c4 = st.columns(4)
-    targets = c1.multiselect("target_modules", [*candidates, ALL_LINEAR], default=run_setup.default_targets(candidates))
-    rslora = c2.toggle("use_rslora (α/√r)", value=False)
-    lr = c3.number_input("learning rate", value=2e-3, format="%.0e", step=1e-4)
+    targets = c1.multiselect("target_modules", [*candidates, ALL_LINEAR],
+                             default=preset.get("target_modules", run_setup.default_targets(candidates)))
+    rslora = c2.toggle("use_rslora (α/√r)", value=preset.get("use_rslora", False))
+    lr = c3.number_input("learning rate", value=preset.get("lr", 2e-3), format="%.0e", step=1e-4)
     steps = c4.number_input("steps", value=min(40, limits.max_steps), min_value=1, max_value=limits.max_steps,
                             step=10)
     c1, c2, c3, c4 = st.columns(4)
@@ -82,8 +94,11 @@ with st.form("config"):
                               max_value=limits.max_seq_len, step=8)
     data_name = c3.selectbox("data", run_setup.DATA_CHOICES)
     precision = c1.selectbox("base precision", run_setup.PRECISIONS,
+                             index=run_setup.PRECISIONS.index(preset.get("precision", "fp32")),
                              format_func=lambda p: {"nf4": "NF4 (QLoRA, from scratch)"}.get(p, p),
                              help="the frozen base's storage; LoRA factors always train in fp32")
+    seed = c2.number_input("seed", value=preset.get("seed", 0), min_value=0, step=1,
+                           help="A's init, the data order and dropout; a sweep's repeats of one cell differ by it")
     upload = upload_widget("prompt/completion JSONL", "max_upload_bytes", type=["jsonl"], where=c4,
                            help='one JSON object per line: {"prompt": "...", "completion": "..."}.')
     start = st.form_submit_button("Start training", type="primary")
@@ -94,7 +109,7 @@ def new_run() -> LiveRun:
     request = run_setup.RunRequest(model_name=model_name, precision=precision, r=r, lora_alpha=alpha,
                                    lora_dropout=dropout, init_lora_weights=init, target_modules=targets,
                                    use_rslora=rslora, lr=lr, steps=steps, batch_size=batch, seq_len=seq_len,
-                                   data=data_name)
+                                   data=data_name, seed=int(seed))
     plan = run_setup.plan_run(request, settings(), upload.getvalue() if upload is not None else None,
                               upload.name if upload is not None else "upload")
     return run_setup.start_run(plan, *base_variant(model_name, precision))
@@ -205,6 +220,36 @@ if results is not None:
     m[3].metric(f"base weights ({results['base_precision']})", f"{results['base_mib']:,.0f} MiB",
                 help="every frozen parameter and buffer at rest; NF4 keeps embeddings and lm_head in fp32")
     st.dataframe(results["table"], hide_index=True)
+
+    st.subheader("Share it with the room")
+    shared = st.session_state.setdefault(SHARED, {})
+    mine = shared.get(run_id)
+    if run.status not in room.SHAREABLE:
+        st.caption(f"A {run.status} run is not shared: only a run that is done or stopped.")
+    elif mine is None:
+        with st.form("share"):
+            nickname = st.text_input("nickname", max_chars=MAX_NICKNAME,
+                                     help="shown on the Room page beside this run's settings and results; nothing "
+                                          "else about you is stored, and you can withdraw it")
+            share = st.form_submit_button("Share my result")
+        if share:
+            try:
+                entry, key = room.share_run(room_board(), run, run_id, nickname)
+            except ValueError as err:
+                st.error(as_text(err), icon="⚠️")
+            else:
+                shared[run_id] = {"id": entry.id, "key": key, "nickname": entry.nickname}
+                st.rerun()
+    else:
+        st.success("On the room's board (the **Room** page), as:", icon=":material/groups:")
+        st.text(mine["nickname"])  # as typed, never markup
+        if st.button("Withdraw my result"):
+            try:
+                room_board().withdraw(mine["id"], mine["key"])
+            except ValueError:
+                pass  # the teacher cleared the board already: there is nothing left to withdraw
+            del shared[run_id]
+            st.rerun()
 
 report = lc.spectrum.adapter_report(run.model)
 # The run's own base, not the selectbox: that one may have changed, or been reset by a page switch.

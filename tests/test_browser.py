@@ -11,7 +11,8 @@ PAGES = {"": "LoRA Lab", "parameters": "Parameters", "anatomy": "Anatomy", "rank
          "scaling": "Scaling", "qlora": "QLoRA", "memory": "Memory", "speed": "Speed",
          "replays": "Research replays", "merging": "Merging studio", "variants": "Variants"}
 # Pages that may draw no chart until asked.
-TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter"}
+TEXT_ONLY = {"interview": "Interview prep", "claims": "Claims check", "adapters": "Load an adapter",
+             "room": "Room"}
 
 # Live fine-tuning is driven end to end by test_training_in_the_browser_survives_a_page_switch and test_room*.py.
 TRAINED = {"finetune"}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 # What a shared run records: the knobs a learner turned and what the run measured (the Room page plots any
 # metric against any knob). Values are numbers or short strings; nothing else is stored.
-KNOBS = ("model", "r", "lora_alpha", "scaling", "targets", "init", "base_precision", "lr")
+KNOBS = ("model", "r", "lora_alpha", "scaling", "targets", "init", "base_precision", "lr", "seed")
 METRICS = ("train_loss", "heldout_loss", "bleu", "ppl_general", "steps", "tokens_per_s", "wall_s")
 MAX_NICKNAME = 24
 MAX_TEXT = 80
@@ -104,8 +104,7 @@ class Board:
     def __init__(self, folder: str | os.PathLike, max_results: int = 1000):
         if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
             raise ValueError(f"max_results={max_results!r} is not allowed: use an integer >= 1")
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(folder)  # created by the first write: reading a board nobody wrote is an empty board
         self.path = self.folder / LOG_NAME
         self.max_results = max_results
         self._lock = threading.Lock()  # flock orders processes; this orders the threads of one process
@@ -137,6 +136,7 @@ class Board:
             os.close(fd)
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
         return folder_lock(self.folder / "board.lock", self._lock)
 
     @staticmethod

@@ -5,7 +5,7 @@
     settings.models_path                    # the one folder local models may be loaded from
 
 The defaults below are documented in `lora_lab.toml` at the repository root. Each key's type is
-its default's type: numbers must be >= 0, strings must be non-empty.
+its default's type: numbers must be >= 0, strings must be non-empty (teacher_token may be "").
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class Settings:
     max_concurrent: int = 0          # 0: one per CPU core (or one per GPU)
     heartbeat_seconds: float = 30.0
     models_dir: str = "models"       # local model folders load only from inside it; relative: to the settings file
+    board_dir: str = "room"          # the Room page's board and sweep; relative: to the settings file
+    max_board_results: int = 1000    # shared results on the board at once
+    teacher_token: str = ""          # "" = teacher controls off; $LORA_LAB_TEACHER_TOKEN wins over it
     # Not a key of the file: the file these settings came from (None: built-in defaults, anchored at the repo).
     settings_file: str | None = field(default=None, compare=False, repr=False)
 
@@ -50,6 +53,11 @@ class Settings:
     def models_path(self) -> Path:
         """`models_dir` as an absolute, resolved path (symlinks followed)."""
         return resolve_models_dir(self.models_dir, self.settings_file)
+
+    @property
+    def board_path(self) -> Path:
+        """`board_dir` as an absolute path (a relative one is relative to the settings file)."""
+        return resolve_models_dir(self.board_dir, self.settings_file)
 
     @property
     def training_slots(self) -> int:
@@ -79,7 +87,10 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
 def _check_type(key: str, value: object, default: object, path: Path) -> None:
     """A key takes its default's type: a non-empty string, an integer, or a number (all >= 0)."""
     where = f"in {str(path)!r} is not allowed"
-    if isinstance(default, str):
+    if isinstance(default, str) and not default:  # optional text, such as teacher_token
+        if not isinstance(value, str):
+            raise ValueError(f"{key}={value!r} {where}: use a string in quotes (\"\" for none)")
+    elif isinstance(default, str):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{key}={value!r} {where}: use a non-empty string (a folder path, in quotes)")
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -3,12 +3,14 @@ a whole figure (loss against r, q,v against all-linear) instead of 30 copies of 
 
     sweeps = Sweeps(folder)
     sweeps.start("rank")            # a preset of SWEEPS, or start("my sweep", knob="r", values=[4, 16])
-    sweeps.assign(session_key)      # {"sweep": ..., "knob": "r", "value": 1, "cell": 0}: the least-taken cell
+    sweeps.assign(session_key)      # {"sweep": ..., "knob": "r", "value": 1, "cell": 0, "seed": 0}
     sweeps.end()
 
 A cell goes to a new session only once every cell has as many learners as it: the first N sessions take N
-different cells, the next N the second seed of each, and so on. A session asking again keeps its cell. The state
-is sweep.json in the board's folder, written whole and renamed into place under a lock, so a restart keeps it.
+different cells with seed 0, the next N take each cell again with seed 1, and so on, so repeats of a cell are
+different seeds and the board shows their spread. A session asking again keeps its cell. The knobs are the
+board's (serve/board.py KNOBS). The state is sweep.json in the board's folder, written whole and renamed into
+place under a lock, so a restart keeps it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from .board import KNOBS as BOARD_KNOBS
 from .board import folder_lock
 
 # The presets follow the research replays' sweeps (lora_core/research/experiments.py: RANKS, and the two ends of
@@ -28,17 +31,17 @@ from .board import folder_lock
 SWEEPS = {
     "rank": ("r", (1, 2, 4, 8, 16, 64)),
     "targets": ("targets", ("q_proj,v_proj", "all-linear")),
-    "scaling": ("use_rslora", (False, True)),
+    "scaling": ("scaling", ("α/r", "α/√r")),
 }
-KNOBS = ("r", "lora_alpha", "targets", "use_rslora", "init_lora_weights", "lr", "base_precision")
+# What a sweep may vary: the board's knobs but the model (a room shares one base) and the seed (a cell's repeats).
+KNOBS = tuple(k for k in BOARD_KNOBS if k not in ("model", "seed"))
 
 
 class Sweeps:
     """The sweep state of one board folder: at most one sweep running at a time."""
 
     def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(folder)  # created by the first start
         self.path = self.folder / "sweep.json"
         self._lock = threading.Lock()
 
@@ -83,33 +86,40 @@ class Sweeps:
             raise ValueError(f"values={values!r} is not allowed: give 2 to 32 different values")
         state = {"id": secrets.token_hex(4), "name": str(name)[:40], "knob": knob, "values": values,
                  "started": time.time(), "assigned": {}}
-        with folder_lock(self.folder / "sweep.lock", self._lock):
+        with self._locked():
             self._write(state)
         return self.current()
 
     def end(self) -> None:
-        with folder_lock(self.folder / "sweep.lock", self._lock):
-            self._write(None)
+        if self.folder.is_dir():
+            with self._locked():
+                self._write(None)
+
+    def _locked(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return folder_lock(self.folder / "sweep.lock", self._lock)
 
     def assign(self, session_key: str) -> dict | None:
         """This session's cell of the running sweep (None when none runs): its own if it has one, else the
-        least-taken cell, the first such in order."""
-        with folder_lock(self.folder / "sweep.lock", self._lock):
+        least-taken cell, the first such in order, with seed = how many sessions took that cell before."""
+        if not self.path.is_file():
+            return None  # no sweep: no lock, no folder
+        with self._locked():
             state = self._read()
             if state is None:
                 return None
-            cell = state["assigned"].get(session_key)
-            if cell is None:
+            mine = state["assigned"].get(session_key)
+            if mine is None:
                 taken = _taken(state)
                 cell = taken.index(min(taken))
-                state["assigned"][session_key] = cell
+                mine = state["assigned"][session_key] = {"cell": cell, "seed": taken[cell]}
                 self._write(state)
         return {"sweep": state["name"], "sweep_id": state["id"], "knob": state["knob"],
-                "value": state["values"][cell], "cell": cell}
+                "value": state["values"][mine["cell"]], "cell": mine["cell"], "seed": mine["seed"]}
 
 
 def _taken(state: dict) -> list[int]:
     counts = [0] * len(state["values"])
-    for cell in state["assigned"].values():
-        counts[cell] += 1
+    for mine in state["assigned"].values():
+        counts[mine["cell"]] += 1
     return counts

@@ -70,6 +70,7 @@ class RunRequest:
     batch_size: int = 8
     seq_len: int = 64
     data: str = SHIPPED_DATA               # SHIPPED_DATA or UPLOAD
+    seed: int = 0                          # A's init, the data order and dropout: a sweep's repeats differ by it
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def plan_run(request: RunRequest, settings: Settings, upload: bytes | None = Non
                              target_modules=targets, use_rslora=request.use_rslora,
                              init_lora_weights=request.init_lora_weights, task_type="CAUSAL_LM")
     train_config = TrainConfig(lr=request.lr, steps=int(request.steps), batch_size=int(request.batch_size),
-                               seq_len=int(request.seq_len))
+                               seq_len=int(request.seq_len), seed=request.seed)
     if request.data == SHIPPED_DATA:
         dataset = load_dataset(SHIPPED_DATA)
     elif request.data != UPLOAD:
@@ -124,7 +125,7 @@ def plan_run(request: RunRequest, settings: Settings, upload: bytes | None = Non
 
 def start_run(plan: RunPlan, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> LiveRun:
     """Start the run on its own module tree over `base`, labelled with the base's name, precision and size."""
-    run = LiveRun.start(base, tokenizer, plan.dataset, plan.lora_config, plan.train_config)
+    run = LiveRun.start(base, tokenizer, plan.dataset, plan.lora_config, plan.train_config, seed=plan.request.seed)
     run.base_name, run.base_precision = plan.request.model_name, plan.request.precision
     run.base_bytes = weight_bytes(base)
     return run

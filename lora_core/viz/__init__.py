@@ -31,6 +31,7 @@ from .replay_tradeoffs import (
     learn_forget,
     lr_sweep,
 )
+from .room import room_board
 from .spectrum import curves, energy_curve, image_pair, layer_bars, scale_vs_rank, similarity_heatmap, spectra
 from .style import PALETTE, layout
 
@@ -40,6 +41,7 @@ __all__ = [
     "image_pair", "init_gallery_chart", "intruder_curve", "intruder_tradeoff", "layer_bars", "layout",
     "learn_forget", "ledger_bars", "lr_sweep", "measured_rows", "memory_bars", "module_treemap", "phi_by_layer",
     "pissa_spectrum", "provenance_rows", "quote_rows", "rank_sweep", "rank_sweep_chart", "reduction_rows",
-    "scale_vs_rank", "seed_heatmaps", "similarity_heatmap", "spectra", "step_time_bars", "subspace_heatmaps",
-    "targets_bars", "ties_steps_figure", "train_state_bars", "weight_histogram", "weight_vs_adapter", "wire_bars"
+    "room_board", "scale_vs_rank", "seed_heatmaps", "similarity_heatmap", "spectra", "step_time_bars",
+    "subspace_heatmaps", "targets_bars", "ties_steps_figure", "train_state_bars", "weight_histogram",
+    "weight_vs_adapter", "wire_bars"
 ]
