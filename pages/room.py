@@ -55,7 +55,7 @@ def live_board() -> None:
     ref = room.reference(knob, metric)
     st.plotly_chart(viz.room_board(data, ref), width="stretch")
     if ref is not None:
-        st.caption(f"**Shipped replay**: {ref['replay']['label']} (`{ref['replay']['command']}`). "
+        st.caption(f"**{ref['replay']['label'].capitalize()}** (`{ref['replay']['command']}`). "
                    "Its task and budget differ from the room's runs: compare the shape, not the level.")
         st.markdown("\n".join(f"- {finding}" for finding in ref["findings"]))
     st.dataframe(room.board_rows(entries, own), hide_index=True)

@@ -80,6 +80,9 @@ def test_a_sweep_cell_becomes_the_forms_defaults(tmp_path):
     assert room.form_preset(sweeps.assign("big-1"), candidates, [1, 4])["r"] == 4
     refused = room.form_preset(sweeps.assign("big-2"), candidates, [1, 4])
     assert "r" not in refused and "this server's form offers r in [1, 4]" in refused["note"]
+    sweeps.start("alphas", knob="lora_alpha", values=[32, 1e9])
+    assert room.form_preset(sweeps.assign("al-1"), candidates, ranks)["lora_alpha"] == 32.0
+    assert "the form takes lora_alpha in" in room.form_preset(sweeps.assign("al-2"), candidates, ranks)["note"]
 
 
 def test_typed_sweep_values_are_checked():
@@ -88,6 +91,9 @@ def test_typed_sweep_values_are_checked():
     assert room.parse_values("targets", "q_proj,v_proj; all-linear") == ["q_proj,v_proj", "all-linear"]
     with pytest.raises(ValueError, match="values='4, big' is not allowed: r takes numbers"):
         room.parse_values("r", "4, big")
+    with pytest.raises(ValueError, match="values='alpha/r, rslora' is not allowed: scaling takes α/r, α/√r"):
+        room.parse_values("scaling", "alpha/r, rslora")
+    assert room.parse_values("init", "True, pissa") == ["True", "pissa"]
     with pytest.raises(ValueError, match="r takes whole numbers"):
         room.parse_values("r", "4, 2.5")
     assert SWEEPS["scaling"][1] == tuple(room.SCALING.values())  # a scaling cell reads back as a board knob

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from ..config import ALL_LINEAR
+from ..config import ALL_LINEAR, MAX_LORA_ALPHA
 from ..research import record
 from ..research.papers import quotes_for
 from ..training.live import LiveRun
@@ -110,6 +110,8 @@ def _form_field(knob: str, value: object, candidates: list[str], ranks: list[int
         return ({"init_lora_weights": inits[value]}, "") if value in inits else ({}, f"init is one of {list(inits)}")
     if knob == "base_precision":
         return ({"precision": value}, "") if value in PRECISIONS else ({}, f"precision is one of {PRECISIONS}")
+    if knob == "lora_alpha" and isinstance(value, (int, float)) and not 0 < value <= MAX_LORA_ALPHA:
+        return {}, f"the form takes lora_alpha in (0, {MAX_LORA_ALPHA:g}]"
     if knob in ("lora_alpha", "lr") and isinstance(value, (int, float)) and value > 0:
         return {knob: float(value)}, ""
     return {}, f"{knob}={value!r} is not a value the form takes"
@@ -119,6 +121,9 @@ def parse_values(knob: str, text: str) -> list:
     """A teacher's own sweep values, typed as '4, 16' or 'q_proj,v_proj; all-linear': numbers for numeric knobs,
     text for the others (';' separates values when one has commas in it)."""
     parts = [p.strip() for p in (text.split(";") if ";" in text else text.split(",")) if p.strip()]
+    fixed = {"scaling": list(SCALING.values()), "init": [str(v) for v in INIT_CHOICES], "base_precision": PRECISIONS}
+    if knob in fixed and any(p not in fixed[knob] for p in parts):
+        raise ValueError(f"values={text!r} is not allowed: {knob} takes {', '.join(fixed[knob])}")
     if knob not in NUMERIC_KNOBS:
         return parts
     try:
