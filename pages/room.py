@@ -58,6 +58,9 @@ def live_board() -> None:
         st.caption(f"**{ref['replay']['label'].capitalize()}** (`{ref['replay']['command']}`). "
                    "Its task and budget differ from the room's runs: compare the shape, not the level.")
         st.markdown("\n".join(f"- {finding}" for finding in ref["findings"]))
+    else:
+        st.caption(f"No shipped replay measured {room.METRIC_TITLES[metric][0]} against {room.KNOB_TITLES[knob]}: "
+                   "the replays and the paper appear beside the board for r and for the target modules.")
     st.dataframe(room.board_rows(entries, own), hide_index=True)
 
 

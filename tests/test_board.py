@@ -169,3 +169,27 @@ def test_the_teacher_gate_refuses_without_a_token_and_slows_every_wrong_try(monk
     assert teacher_token("from-file") == "from-env"
     monkeypatch.delenv(TOKEN_ENV)
     assert teacher_token("from-file") == "from-file" and teacher_token() == ""
+
+
+def test_a_folder_the_server_cannot_write_is_a_setting_to_fix(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    board = Board(blocker / "room")
+    assert board.entries() == []  # nothing written yet: an empty board, no folder made
+    with pytest.raises(ValueError, match=r"board_dir='.*a-file/room' cannot be written .*board_dir in lora_lab.toml"):
+        share(board, "run-1")
+
+
+def test_the_room_settings_and_their_checks(tmp_path):
+    from lora_core.serve.settings import Settings, load_settings
+
+    (tmp_path / "s.toml").write_text('[room]\nboard_dir = "board"\nmax_board_results = 5\nteacher_token = ""\n')
+    s = load_settings(tmp_path / "s.toml")
+    assert s.board_path == (tmp_path / "board").resolve() and s.max_board_results == 5 and s.teacher_token == ""
+    assert Settings().board_path.name == "room"  # the default: room/ beside the shipped lora_lab.toml
+    for bad, message in (("max_board_results = 0", "max_board_results=0 .* use a whole number >= 1"),
+                         ("teacher_token = 7", "teacher_token=7 .* use a string in quotes"),
+                         ("board_dir = ''", "board_dir='' .* use a non-empty string")):
+        (tmp_path / "bad.toml").write_text(f"[room]\n{bad}\n")
+        with pytest.raises(ValueError, match=message):
+            load_settings(tmp_path / "bad.toml")

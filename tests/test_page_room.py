@@ -58,6 +58,9 @@ def test_without_a_token_the_board_shows_and_no_control_does(app_page, tmp_path,
 def test_a_finished_run_is_shared_shown_and_withdrawn(app_page, room_folder):
     at = _finish_a_run(app_page("finetune"))
     heldout = float(metrics(at)["held-out loss"])
+    next(b for b in at.button if b.label == "Share my result").click().run()  # no nickname yet
+    assert any("nickname='' is not allowed" in e.value for e in at.error) and not at.exception
+    assert Board(room_folder).entries() == []
     next(t for t in at.text_input if t.label == "nickname").set_value("<b>ada</b>")
     next(b for b in at.button if b.label == "Share my result").click().run()
     assert not at.exception, at.exception

@@ -135,9 +135,16 @@ class Board:
         finally:
             os.close(fd)
 
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return folder_lock(self.folder / "board.lock", self._lock)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The folder's lock (the folder made on first use); a folder the server cannot write is a setting to fix."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with folder_lock(self.folder / "board.lock", self._lock):
+                yield
+        except OSError as err:
+            raise ValueError(f"board_dir={str(self.folder)!r} cannot be written ({err.strerror or err}): the "
+                             "room's board needs a folder this server may write (board_dir in lora_lab.toml)") from err
 
     @staticmethod
     def _replay(events: list[dict]) -> dict[str, dict]:

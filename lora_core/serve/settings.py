@@ -81,6 +81,9 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
         raise ValueError(f"settings file {str(path)!r} has unknown keys {unknown}: allowed are {sorted(defaults)}")
     for key, value in flat.items():
         _check_type(key, value, defaults[key], path)
+    if flat.get("max_board_results", 1) < 1:
+        raise ValueError(f"max_board_results={flat['max_board_results']!r} in {str(path)!r} is not allowed: use a "
+                         "whole number >= 1")
     return Settings(**flat, settings_file=str(path.resolve()))
 
 
