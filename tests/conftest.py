@@ -220,17 +220,19 @@ def errors(at: AppTest) -> str:
 def load_ours_into_peft(ours, theirs):
     """Perturb our trainable non-LoRA tensors (biases, saved heads), then load our adapter into PEFT's model.
 
-    Perturbed, so that a bias or a head copy is really compared and not just equal to the base's default.
+    Perturbed, so that a bias or a head copy is really compared and not just equal to the base's default; the
+    perturbation comes from its own seeded generator, so the global RNG neither moves nor matters.
     Returns both models in eval mode.
     """
     from peft import set_peft_model_state_dict
 
     import lora_core as lc
 
+    gen = torch.Generator().manual_seed(0)  # a private stream: the values never depend on the tests run before
     with torch.no_grad():
         for name, p in ours.named_parameters():
             if p.requires_grad and ".lora_" not in name:
-                p.add_(torch.randn_like(p) * 0.1)
+                p.add_(torch.randn(p.shape, generator=gen).to(p) * 0.1)
     result = set_peft_model_state_dict(theirs, lc.adapter_state_dict(ours))
     assert not result.unexpected_keys
     return ours.eval(), theirs.eval()

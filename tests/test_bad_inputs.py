@@ -154,7 +154,7 @@ def test_a_stopped_run_survives_a_page_switch_a_long_prompt_a_bad_upload_and_a_d
     assert list(at.session_state["trained_adapters"]) == [label]  # not relabelled with the reset selectbox
 
     # A prompt longer than distilgpt2's 1,024 positions.
-    at.text_input[0].set_value("tell me more " * 400)
+    next(t for t in at.text_input if t.label.startswith("Try a prompt")).set_value("tell me more " * 400)
     _button(at, "Generate both ways").click().run()
     assert not at.exception
     assert "reads at most 1,024 positions" in errors(at) and "prompt has 1,201 tokens" in errors(at)
