@@ -70,7 +70,7 @@ ranks = run_setup.rank_choices(limits)
 # A teacher's sweep (Room page): this session's cell of it becomes the form's defaults.
 preset = room.form_preset(last_good("finetune:sweep", lambda: room_sweeps().assign(sweep_key())), candidates, ranks)
 if preset:
-    st.info(as_text(preset["note"].capitalize()), icon=":material/grid_on:")
+    st.info(as_text(preset["note"]), icon=":material/grid_on:")
 with st.form("config"):
     c1, c2, c3, c4 = st.columns(4)
     r = c1.select_slider("r", ranks, value=preset.get("r", 8 if 8 in ranks else ranks[-1]))

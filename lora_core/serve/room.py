@@ -88,7 +88,7 @@ def form_preset(assignment: dict | None, candidates: list[str], ranks: list[int]
     if assignment is None:
         return {}
     knob, value, seed = assignment["knob"], assignment["value"], assignment["seed"]
-    cell = f"the teacher's sweep '{assignment['sweep']}' gives you {KNOB_TITLES[knob]} = {value} (seed {seed})"
+    cell = f"The teacher's sweep '{assignment['sweep']}' gives you {KNOB_TITLES[knob]} = {value} (seed {seed})"
     field, problem = _form_field(knob, value, candidates, ranks)
     if problem:
         return {"seed": seed, "note": f"{cell}, but {problem}: pick the nearest you can"}
