@@ -14,6 +14,9 @@ from lora_core.serve.sweep import SWEEPS
 from pages.common import SHARED, as_text, guarded_fragment, room_board, room_sweeps, teacher_gate
 
 TEACHER = "room:teacher"  # this session typed the right token
+# How the table rounds each measured column for display (the exports keep every digit).
+SHOWN = {"train_loss": "%.3f", "heldout_loss": "%.3f", "bleu": "%.2f", "ppl_general": "%.2f", "tokens_per_s": "%.0f",
+         "wall_s": "%.1f", "lr": "%.0e"}
 
 st.title("Room: the workshop's board")
 st.markdown("Every learner trains alone on **Live fine-tuning**; here the room's runs add up to one experiment. "
@@ -61,7 +64,8 @@ def live_board() -> None:
     else:
         st.caption(f"No shipped replay measured {room.METRIC_TITLES[metric][0]} against {room.KNOB_TITLES[knob]}: "
                    "the replays and the paper appear beside the board for r and for the target modules.")
-    st.dataframe(room.board_rows(entries, own), hide_index=True)
+    st.dataframe(room.board_rows(entries, own), hide_index=True,
+                 column_config={k: st.column_config.NumberColumn(format=f) for k, f in SHOWN.items()})
 
 
 live_board()
