@@ -249,6 +249,12 @@ def sweep_key() -> str:
     return st.session_state.setdefault("room:sweep_key", uuid.uuid4().hex)
 
 
+def client_address() -> str:
+    """The browser's network address as the server sees it (the TCP peer; "localhost" on the server's machine):
+    the teacher gate slows wrong tokens per address."""
+    return st.context.ip_address or "localhost"
+
+
 def teacher_gate() -> TeacherGate:
     """The server-wide gate on the teacher's controls: its wait after wrong tokens is meant to be shared."""
     return _gate(teacher_token(settings().teacher_token))

@@ -245,11 +245,12 @@ if results is not None:
         st.text(mine["nickname"])  # as typed, never markup
         if st.button("Withdraw my result"):
             try:
-                room_board().withdraw(mine["id"], mine["key"])
-            except ValueError:
-                pass  # the teacher cleared the board already: there is nothing left to withdraw
-            del shared[run_id]
-            st.rerun()
+                room.withdraw_run(room_board(), mine["id"], mine["key"])  # False: the teacher cleared it already
+            except ValueError as err:
+                st.error(as_text(err), icon="⚠️")  # still on the board: the key stays, to try again
+            else:
+                del shared[run_id]
+                st.rerun()
 
 report = lc.spectrum.adapter_report(run.model)
 # The run's own base, not the selectbox: that one may have changed, or been reset by a page switch.

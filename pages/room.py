@@ -11,7 +11,16 @@ from lora_core.serve import room
 from lora_core.serve.board import KNOBS, METRICS
 from lora_core.serve.sweep import KNOBS as SWEEP_KNOBS
 from lora_core.serve.sweep import SWEEPS
-from pages.common import SHARED, as_text, guarded_fragment, room_board, room_sweeps, teacher_gate
+from pages.common import (
+    SHARED,
+    as_text,
+    client_address,
+    guarded_fragment,
+    last_good,
+    room_board,
+    room_sweeps,
+    teacher_gate,
+)
 
 TEACHER = "room:teacher"  # this session typed the right token
 # How the table rounds each measured column for display (the exports keep every digit).
@@ -23,7 +32,7 @@ st.markdown("Every learner trains alone on **Live fine-tuning**; here the room's
             "When a run finishes, its learner can share it under a nickname, and it lands on this board within "
             "seconds: pick a metric and a knob to see the room's results against it, with **your own runs in "
             "orange** and each configuration's mean and spread (min to max over its runs and seeds). When the "
-            "teacher starts a **sweep**, everyone who opens Live fine-tuning gets the next unfilled cell of it as "
+            "teacher starts a **sweep**, everyone who opens Live fine-tuning gets the next cell of it in turn as "
             "their preset, so the board fills the figure, with the shipped replay and the paper beside it.")
 
 board, sweeps = room_board(), room_sweeps()
@@ -40,14 +49,14 @@ def live_board() -> None:
     """Redrawn every 2 s from the files on disk: new results appear without a reload."""
     entries, sweep = board.entries(), sweeps.current()
     own = {mine["id"] for mine in st.session_state.get(SHARED, {}).values()}
-    m = st.columns(3)
-    m[0].metric("results on the board", f"{len(entries)}", help=f"at most {board.max_results} (max_board_results)")
-    m[1].metric("nicknames", f"{len({e.nickname for e in entries})}")
-    m[2].metric("yours", f"{sum(e.id in own for e in entries)}")
+    counts, m = room.board_summary(entries, own), st.columns(3)
+    m[0].metric("results on the board", f"{counts['results']}", help=f"at most {board.max_results} (max_board_results)")
+    m[1].metric("nicknames", f"{counts['nicknames']}")
+    m[2].metric("yours", f"{counts['yours']}")
     if sweep is not None:
         st.info(f"Sweep **{as_text(sweep['name'])}** is running: {room.KNOB_TITLES[sweep['knob']]} over "
-                f"{', '.join(map(str, sweep['values']))}. Each learner who opens Live fine-tuning gets the next "
-                "unfilled cell (a cell's repeats get seeds 0, 1, 2, …).", icon=":material/grid_on:")
+                f"{as_text(', '.join(map(str, sweep['values'])))}. Each learner who opens Live fine-tuning gets "
+                "the cell handed out least so far (a cell's repeats get seeds 0, 1, 2, …).", icon=":material/grid_on:")
         st.dataframe(room.sweep_cells(sweep, entries), hide_index=True)
     if not entries:
         st.info("No results on the board yet. Train a run on **Live fine-tuning**, then press **Share my result** "
@@ -58,7 +67,8 @@ def live_board() -> None:
     ref = room.reference(knob, metric)
     st.plotly_chart(viz.room_board(data, ref), width="stretch")
     if ref is not None:
-        st.caption(f"**{ref['replay']['label'].capitalize()}** (`{ref['replay']['command']}`). "
+        st.caption(f"**{ref['replay']['label'][0].upper()}{ref['replay']['label'][1:]}** "
+                   f"(`{ref['replay']['command']}`). "
                    "Its task and budget differ from the room's runs: compare the shape, not the level.")
         st.markdown("\n".join(f"- {finding}" for finding in ref["findings"]))
     else:
@@ -84,7 +94,7 @@ if not st.session_state.get(TEACHER):
         unlock = st.form_submit_button("Unlock the teacher's controls")
     if unlock:
         try:
-            gate.check(typed)
+            gate.check(typed, client=client_address())
         except ValueError as err:
             st.error(as_text(err), icon="⚠️")
         else:
@@ -115,12 +125,15 @@ if start:
 
 c1, c2, c3, c4 = st.columns(4)
 if c1.button("End the sweep", disabled=sweeps.current() is None):
-    sweeps.end()
-    st.rerun()
+    if last_good("room:end", lambda: sweeps.end() or True):
+        st.rerun()
 sure = c2.checkbox("yes, clear it")
-if c2.button("Clear the board", disabled=not sure, help="withdraws every result; export it first"):
-    st.toast(f"Cleared {board.clear()} results.")
-    st.rerun()
+if c2.button("Clear the board", disabled=not sure, help="takes every result off the board and the disk; export "
+             "it first"):
+    cleared = last_good("room:clear", board.clear)
+    if cleared is not None:
+        st.toast(f"Cleared {cleared} results.")
+        st.rerun()
 c3.download_button("Export CSV", data=room.export_csv(board), file_name="lora-lab-room.csv", mime="text/csv")
 c4.download_button("Export JSON", data=room.export_json(board, sweeps.current()), file_name="lora-lab-room.json",
                    mime="application/json")

@@ -79,6 +79,25 @@ def test_a_corrupt_or_torn_line_is_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="is not a board event and was skipped") as caught:
         assert [e.id for e in board.entries()] == [first.id, second.id]
     assert len(caught) == 4
+    with pytest.warns(UserWarning):
+        third, _ = share(board, "run-3")  # after a torn last line: a line of its own, which parses
+        assert [e.id for e in board.entries()] == [first.id, second.id, third.id]
+    wrong_shape = {"id": ["a list"], "time": "noon", "run_id": "x", "nickname": "x", "knobs": {}, "metrics": {},
+                   "key_sha256": "0"}
+    with open(board.path, "a") as f:
+        f.write(json.dumps({"share": wrong_shape}) + "\n")  # parses, but is no record share() writes
+    with pytest.warns(UserWarning, match="line 8 is not a board event"):
+        assert len(board.entries()) == 3
+
+
+def test_withdrawing_and_clearing_take_the_results_off_the_disk(tmp_path):
+    board = Board(tmp_path)
+    kept, _ = share(board, "run-1", "kept")
+    gone, key = share(board, "run-2", "withdrawn-name")
+    board.withdraw(gone.id, key)
+    text = board.path.read_text()
+    assert "withdrawn-name" not in text and len(text.splitlines()) == 1 and kept.id in text
+    assert board.clear() == 1 and board.path.read_text() == "" and board.entries() == []
 
 
 def _share_many(folder, worker: int, n: int) -> None:
@@ -143,6 +162,37 @@ def test_sweep_presets_and_bad_sweeps(tmp_path):
         sweeps.start("mine", knob="colour", values=[1, 2])
     with pytest.raises(ValueError, match="give 2 to 32 different values"):
         sweeps.start("mine", knob="r", values=[8, 8])
+
+
+def test_a_sweep_file_of_the_wrong_shape_is_no_sweep_and_an_unwritable_folder_is_a_setting(tmp_path):
+    sweeps = Sweeps(tmp_path)
+    sweeps.start("rank")
+    for broken in ({"knob": "r", "values": [1, 2], "assigned": {"old-format": 0}, "id": "x", "name": "n",
+                    "started": 0}, {"knob": "colour", "values": [1, 2], "assigned": {}}, [1, 2], "not json"):
+        (tmp_path / "sweep.json").write_text(broken if isinstance(broken, str) else json.dumps(broken))
+        with pytest.warns(UserWarning, match="is not a sweep LoRA Lab wrote"):
+            assert sweeps.assign("a") is None and sweeps.current() is None
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"board_dir=.* cannot be written"):
+        Sweeps(blocker / "room").start("rank")
+
+
+def test_wrong_tries_slow_their_own_address_and_never_lock_the_teacher_out():
+    now = [0.0]
+    gate = TeacherGate("s3cret", clock=lambda: now[0], max_clients=3)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="that is not it"):
+            gate.check("guess", client="10.0.0.9")
+        now[0] += 0.5
+        with pytest.raises(ValueError, match="too soon"):
+            gate.check("guess", client="10.0.0.9")  # a reload or a new tab: the same address, the same wait
+        now[0] += 60
+    gate.check(" s3cret ", client="10.0.0.2")  # the teacher's machine: not slowed; a pasted space is fine
+    for client in ("a", "b", "c", "d"):
+        with pytest.raises(ValueError):
+            gate.check("x", client=client)
+    assert len(gate._failures) == 3 and "10.0.0.9" not in gate._failures  # bounded: the longest-quiet goes
 
 
 def test_the_teacher_gate_refuses_without_a_token_and_slows_every_wrong_try(monkeypatch):

@@ -55,6 +55,21 @@ def test_a_finished_run_carries_its_knobs_and_measurements(finished_run, tmp_pat
     board.withdraw(entry.id, key)
 
 
+def test_an_overflowing_perplexity_is_stored_as_unknown_and_withdrawing_twice_is_fine(finished_run, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setitem(finished_run.after, "ppl_general", float("inf"))
+    board = Board(tmp_path)
+    entry, key = room.share_run(board, finished_run, "c" * 32, "ada")
+    assert entry.metrics["ppl_general"] is None and entry.metrics["bleu"] == finished_run.after["bleu"]
+    assert room.board_summary(board.entries(), {entry.id}) == {"results": 1, "nicknames": 1, "yours": 1}
+    board.clear()  # the teacher clears the board first
+    assert room.withdraw_run(board, entry.id, key) is False  # nothing left to withdraw: not an error
+    entry, key = room.share_run(board, finished_run, "c" * 32, "ada")
+    with pytest.raises(ValueError, match="key does not match"):
+        room.withdraw_run(board, entry.id, "another key")
+    assert room.withdraw_run(board, entry.id, key) is True and board.entries() == []
+
+
 def test_only_a_done_or_stopped_run_is_shared(finished_run, tmp_path, monkeypatch):
     monkeypatch.setattr(finished_run, "status", "diverged")
     with pytest.raises(ValueError, match="status='diverged' cannot be shared"):
@@ -89,6 +104,9 @@ def test_typed_sweep_values_are_checked():
     assert room.parse_values("r", "4, 16") == [4, 16]
     assert room.parse_values("lr", "1e-3, 2e-3") == [0.001, 0.002]
     assert room.parse_values("targets", "q_proj,v_proj; all-linear") == ["q_proj,v_proj", "all-linear"]
+    # as LoraConfig stores them (sorted, stripped, once each), so a cell matches the runs made from it
+    assert room.parse_values("targets", "v_proj, q_proj; k_proj,q_proj,q_proj") == ["q_proj,v_proj", "k_proj,q_proj"]
+    assert lc.LoraConfig(target_modules=["v_proj", "q_proj"]).target_modules == ["q_proj", "v_proj"]
     with pytest.raises(ValueError, match="values='4, big' is not allowed: r takes numbers"):
         room.parse_values("r", "4, big")
     with pytest.raises(ValueError, match="values='alpha/r, rslora' is not allowed: scaling takes α/r, α/√r"):
@@ -153,9 +171,9 @@ def test_exports_hold_every_result(tmp_path):
     board, sweeps = Board(tmp_path), Sweeps(tmp_path)
     sweeps.start("rank")
     _share(board, 1, 'a "quoted", name', 1.2)
-    _share(board, 2, "bo", 1.4, targets="all-linear")
+    _share(board, 2, "=HYPERLINK(1)", 1.4, targets="all-linear")
     rows = list(csv.DictReader(io.StringIO(room.export_csv(board))))
-    assert [r["nickname"] for r in rows] == ['a "quoted", name', "bo"]
+    assert [r["nickname"] for r in rows] == ['a "quoted", name', "'=HYPERLINK(1)"]  # text, never a formula
     assert rows[1]["targets"] == "all-linear" and float(rows[0]["heldout_loss"]) == 1.2
     exported = json.loads(room.export_json(board, sweeps.current()))
     assert exported["sweep"]["knob"] == "r" and len(exported["results"]) == 2

@@ -5,11 +5,13 @@
     board.entries()                # what is on the board, oldest first
     board.withdraw(entry.id, key)  # only with the key `share` handed back: no identity is stored
 
-The board is an append-only log, board.jsonl: one line per event, {"share": {...}} or {"withdraw": "<id>"}.
-Each line goes out in one os.write on a file opened with O_APPEND, under an exclusive flock, then fsync: many
-sessions (threads of one server, or several server processes on one folder) never interleave or lose a line.
-A server killed mid-write leaves at most a partial last line; like any line that does not parse, the reader
-skips it with a warning and the board carries on. Reading replays the log, so a restart finds it complete.
+The board is a log, board.jsonl: one line per shared result, {"share": {...}}. A share goes out as one line,
+written in one os.write on a file opened with O_APPEND, under an exclusive flock, then fsync: many sessions
+(threads of one server, or several server processes on one folder) never interleave or lose a line. A server
+killed mid-write leaves at most a partial last line: the reader skips it with a warning (as any line that does
+not parse, or parses to the wrong shape), and the next share starts on a new line. Withdrawing or clearing
+rewrites the file without those results (a temporary file renamed into place, under the same lock), so a
+withdrawn result leaves the disk too. Reading replays the log, so a restart finds the board complete.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import secrets
+import tempfile
 import threading
 import time
 import unicodedata
@@ -76,26 +79,39 @@ def _check_values(kind: str, allowed: tuple[str, ...], values: object) -> dict:
 
 
 def _is_event(event: object) -> bool:
-    """{"share": a whole record} or {"withdraw": an id}: what _append writes, and nothing else."""
+    """{"share": a whole record} (or an older log's {"withdraw": an id}), with every field of the right type:
+    a line that parses to anything else is skipped like a torn one."""
     if not isinstance(event, dict) or len(event) != 1:
         return False
     if "withdraw" in event:
         return isinstance(event["withdraw"], str)
     record = event.get("share")
-    return (isinstance(record, dict) and {"id", "time", "run_id", "nickname", "knobs", "metrics"} <= set(record)
-            and isinstance(record["knobs"], dict) and isinstance(record["metrics"], dict))
+    if not isinstance(record, dict):
+        return False
+    texts = all(isinstance(record.get(k), str) for k in ("id", "run_id", "nickname", "key_sha256"))
+    when = record.get("time")
+    return (texts and isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when)
+            and isinstance(record.get("knobs"), dict) and isinstance(record.get("metrics"), dict))
 
 
 @contextlib.contextmanager
 def folder_lock(path: Path, thread_lock: threading.Lock) -> Iterator[None]:
-    """Hold `thread_lock` (this process's threads), then an exclusive flock on `path` (other processes wait)."""
-    with thread_lock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the file releases the flock
+    """Hold `thread_lock` (this process's threads), then an exclusive flock on `path` (other processes wait).
+
+    The folder is made on first use. A folder the server cannot write (or a full disk, inside the block) is a
+    setting to fix: a ValueError naming board_dir, which the pages show inline."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with thread_lock:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the file releases the flock
+    except OSError as err:
+        raise ValueError(f"board_dir={str(path.parent)!r} cannot be written ({err.strerror or err}): the room's "
+                         "board and sweep need a folder this server may write (board_dir in lora_lab.toml)") from err
 
 
 class Board:
@@ -127,24 +143,36 @@ class Board:
         return events
 
     def _append(self, event: dict) -> None:
+        """One line at the end of the log (called under the lock). After a torn last line, a newline first, so
+        the torn line stays alone and this one parses."""
         line = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)  # one write of the whole line, at the end of the file
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            while line:  # one write of the whole line, at the end of the file (a short write goes on)
+                line = line[os.write(fd, line):]
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """The folder's lock (the folder made on first use); a folder the server cannot write is a setting to fix."""
+    def _rewrite(self, records: list[dict]) -> None:
+        """The log holding exactly `records` (called under the lock): a temporary file, fsync, then rename."""
+        fd, tmp = tempfile.mkstemp(prefix=".board.", dir=self.folder)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with folder_lock(self.folder / "board.lock", self._lock):
-                yield
-        except OSError as err:
-            raise ValueError(f"board_dir={str(self.folder)!r} cannot be written ({err.strerror or err}): the "
-                             "room's board needs a folder this server may write (board_dir in lora_lab.toml)") from err
+            with os.fdopen(fd, "wb") as f:
+                for record in records:
+                    f.write((json.dumps({"share": record}, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return folder_lock(self.folder / "board.lock", self._lock)
 
     @staticmethod
     def _replay(events: list[dict]) -> dict[str, dict]:
@@ -185,20 +213,20 @@ class Board:
     def withdraw(self, entry_id: str, key: str) -> None:
         """Take a result off the board; `key` is the one `share` returned for it."""
         with self._locked():
-            record = self._replay(self._events()).get(entry_id)
+            shared = self._replay(self._events())
+            record = shared.get(entry_id)
             if record is None:
                 raise ValueError(f"entry_id={entry_id!r} is not on the board")
             given = hashlib.sha256(str(key).encode()).hexdigest()
             if not hmac.compare_digest(given, record["key_sha256"]):
                 raise ValueError("key does not match: only the session that shared a result can withdraw it")
-            self._append({"withdraw": entry_id})
+            self._rewrite([rec for rec in shared.values() if rec["id"] != entry_id])
 
     def clear(self) -> int:
-        """Withdraw every result (the teacher's control); returns how many were on the board."""
+        """Take every result off the board and the disk (the teacher's control); returns how many there were."""
         with self._locked():
             shared = self._replay(self._events())
-            for entry_id in shared:
-                self._append({"withdraw": entry_id})
+            self._rewrite([])
         return len(shared)
 
     def export_rows(self) -> list[dict]:

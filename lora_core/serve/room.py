@@ -63,10 +63,12 @@ def run_metrics(run: LiveRun) -> dict:
         raise ValueError(f"status={run.status!r} at step {run.step}: the run has no measured result to share "
                          "(it needs at least one step and a held-out split)")
     seconds = sum(h["seconds"] for h in history)
-    return {"train_loss": sum(h["loss"] for h in history[-LAST_STEPS:]) / len(history[-LAST_STEPS:]),
-            "heldout_loss": float(after["heldout_loss"]), "bleu": float(after["bleu"]),
-            "ppl_general": float(after["ppl_general"]), "steps": run.step,
-            "tokens_per_s": sum(h["tokens"] for h in history) / seconds, "wall_s": seconds}
+    measured = {"train_loss": sum(h["loss"] for h in history[-LAST_STEPS:]) / len(history[-LAST_STEPS:]),
+                "heldout_loss": float(after["heldout_loss"]), "bleu": float(after["bleu"]),
+                "ppl_general": float(after["ppl_general"]), "steps": run.step,
+                "tokens_per_s": sum(h["tokens"] for h in history) / seconds, "wall_s": seconds}
+    # An overflowing perplexity (a stopped run far from home) is stored as unknown: the board holds finite numbers
+    return {k: v if math.isfinite(v) else None for k, v in measured.items()}
 
 
 def board_run_id(run_id: str) -> str:
@@ -79,6 +81,16 @@ def share_run(board: Board, run: LiveRun, run_id: str, nickname: str) -> tuple[E
     if run.status not in SHAREABLE:
         raise ValueError(f"status={run.status!r} cannot be shared: only a run that is {' or '.join(SHAREABLE)}")
     return board.share(board_run_id(run_id), nickname, run_knobs(run), run_metrics(run))
+
+
+def withdraw_run(board: Board, entry_id: str, key: str) -> bool:
+    """Take a shared result off the board: True if it was there, False if it was gone already (the teacher
+    cleared the board). Any other failure (a folder the server cannot write) is a ValueError and the key stays
+    good, so the learner can try again."""
+    if all(e.id != entry_id for e in board.entries()):
+        return False
+    board.withdraw(entry_id, key)
+    return True
 
 
 # --- the teacher's sweep, as the Fine-tuning form's defaults ----------------------------------------------------
@@ -124,6 +136,8 @@ def parse_values(knob: str, text: str) -> list:
     fixed = {"scaling": list(SCALING.values()), "init": [str(v) for v in INIT_CHOICES], "base_precision": PRECISIONS}
     if knob in fixed and any(p not in fixed[knob] for p in parts):
         raise ValueError(f"values={text!r} is not allowed: {knob} takes {', '.join(fixed[knob])}")
+    if knob == "targets":  # as LoraConfig stores them: names stripped, once each, sorted ('all-linear' alone)
+        return list(dict.fromkeys(_targets_text(p) for p in parts))
     if knob not in NUMERIC_KNOBS:
         return parts
     try:
@@ -133,6 +147,11 @@ def parse_values(knob: str, text: str) -> list:
     if knob == "r" and not all(v.is_integer() and v >= 1 for v in values):
         raise ValueError(f"values={text!r} is not allowed: r takes whole numbers >= 1, e.g. '4, 16'")
     return [int(v) if knob in ("r", "seed") else v for v in values]
+
+
+def _targets_text(value: str) -> str:
+    names = sorted({n.strip() for n in value.split(",") if n.strip()})
+    return ALL_LINEAR if ALL_LINEAR in names else ",".join(names)
 
 
 # --- the board as a figure ---------------------------------------------------------------------------------------
@@ -161,7 +180,8 @@ def plot_data(entries: list[Entry], knob: str, metric: str, own_ids: Iterable[st
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is not allowed: choose one of {', '.join(METRICS)}")
     own = set(own_ids)
-    usable = [e for e in entries if isinstance(e.metrics.get(metric), (int, float)) and knob in e.knobs]
+    usable = [e for e in entries if isinstance(e.metrics.get(metric), (int, float))
+              and isinstance(e.knobs.get(knob), (int, float, str))]  # a result missing either is not drawn
     others = [k for k in KNOBS if k not in (knob, "seed")]
     varying = [k for k in others if len({json.dumps(e.knobs.get(k)) for e in usable}) > 1]
     points = [{"x": e.knobs[knob], "y": float(e.metrics[metric]), "nickname": e.nickname, "own": e.id in own,
@@ -213,6 +233,13 @@ def _paper(replay: str, metric: str) -> dict | None:
             "label": f"{quote.source.split(',')[0]}, {quote.where}: {quote.setting}", "unit": quote.unit}
 
 
+def board_summary(entries: list[Entry], own_ids: Iterable[str] = ()) -> dict:
+    """The counts above the board: results, distinct nicknames, and how many are this session's."""
+    own = set(own_ids)
+    return {"results": len(entries), "nicknames": len({e.nickname for e in entries}),
+            "yours": sum(e.id in own for e in entries)}
+
+
 # --- the table, the sweep's progress, exports ----------------------------------------------------------------------
 def board_rows(entries: list[Entry], own_ids: Iterable[str] = ()) -> list[dict]:
     """The board as table rows, newest first: who, the knobs, the metrics, and whether it is yours."""
@@ -242,8 +269,17 @@ def export_csv(board: Board) -> str:
     writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in board.export_rows():
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue()
+
+
+def _cell(value: object) -> object:
+    """A CSV cell: text a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading quote."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def export_json(board: Board, sweep: dict | None = None) -> str:

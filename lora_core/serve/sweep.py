@@ -15,12 +15,14 @@ place under a lock, so a restart keeps it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from .board import KNOBS as BOARD_KNOBS
@@ -46,13 +48,18 @@ class Sweeps:
         self._lock = threading.Lock()
 
     def _read(self) -> dict | None:
+        """The sweep on disk; a file that does not parse or has the wrong shape (hand-edited, or from an older
+        version) is no sweep, with a warning: the Fine-tuning page must open whatever the file holds."""
         if not self.path.is_file():
             return None
         try:
             state = json.loads(self.path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return None  # a torn file cannot happen (rename); a hand-edited one that does not parse ends the sweep
-        return state if isinstance(state, dict) and state.get("values") else None
+        except (OSError, ValueError, UnicodeDecodeError):
+            state = None  # a torn file cannot happen (rename); an unreadable or hand-broken one can
+        if _is_state(state):
+            return state
+        warnings.warn(f"{self.path} is not a sweep LoRA Lab wrote and was ignored: start a new sweep", stacklevel=3)
+        return None
 
     def _write(self, state: dict | None) -> None:
         if state is None:
@@ -95,9 +102,8 @@ class Sweeps:
             with self._locked():
                 self._write(None)
 
-    def _locked(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return folder_lock(self.folder / "sweep.lock", self._lock)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return folder_lock(self.folder / "sweep.lock", self._lock)  # OSError there: a ValueError naming board_dir
 
     def assign(self, session_key: str) -> dict | None:
         """This session's cell of the running sweep (None when none runs): its own if it has one, else the
@@ -116,6 +122,19 @@ class Sweeps:
                 self._write(state)
         return {"sweep": state["name"], "sweep_id": state["id"], "knob": state["knob"],
                 "value": state["values"][mine["cell"]], "cell": mine["cell"], "seed": mine["seed"]}
+
+
+def _is_state(state: object) -> bool:
+    """What start() writes: a knob of KNOBS, 2 to 32 values, and each session's {"cell", "seed"} in range."""
+    if not isinstance(state, dict) or state.get("knob") not in KNOBS:
+        return False
+    values, assigned = state.get("values"), state.get("assigned")
+    if not isinstance(values, list) or not 2 <= len(values) <= 32 or not isinstance(assigned, dict):
+        return False
+    if not all(isinstance(state.get(k), t) for k, t in (("id", str), ("name", str), ("started", (int, float)))):
+        return False
+    return all(isinstance(mine, dict) and isinstance(mine.get("cell"), int) and 0 <= mine["cell"] < len(values)
+               and isinstance(mine.get("seed"), int) for mine in assigned.values())
 
 
 def _taken(state: dict) -> list[int]:
