@@ -16,7 +16,6 @@ from pages.common import (
     as_text,
     client_address,
     guarded_fragment,
-    last_good,
     room_board,
     room_sweeps,
     teacher_gate,
@@ -111,7 +110,8 @@ with st.form("sweep"):
     own_knob = c2.selectbox("your own: knob", SWEEP_KNOBS, format_func=lambda k: room.KNOB_TITLES[k])
     own_values = c3.text_input("your own: values", placeholder="4, 16   or   q_proj,v_proj; all-linear")
     start = st.form_submit_button("Start this sweep", type="primary",
-                                  help="replaces a running sweep; learners already handed a cell keep it")
+                                  help="replaces a running sweep: each learner gets a cell of the new one the "
+                                       "next time Live fine-tuning runs for them")
 if start:
     try:
         if choice in SWEEPS:
@@ -124,15 +124,21 @@ if start:
         st.rerun()
 
 c1, c2, c3, c4 = st.columns(4)
-if c1.button("End the sweep", disabled=sweeps.current() is None):
-    if last_good("room:end", lambda: sweeps.end() or True):
-        st.rerun()
+end = c1.button("End the sweep", disabled=sweeps.current() is None)
 sure = c2.checkbox("yes, clear it")
-if c2.button("Clear the board", disabled=not sure, help="takes every result off the board and the disk; export "
-             "it first"):
-    cleared = last_good("room:clear", board.clear)
-    if cleared is not None:
-        st.toast(f"Cleared {cleared} results.")
+clear = c2.button("Clear the board", disabled=not sure, help="takes every result off the board and the disk; "
+                  "export it first")
+if end or clear:
+    try:
+        if end:
+            sweeps.end()
+            done = "Ended the sweep."
+        else:
+            done = f"Cleared {board.clear()} results."
+    except ValueError as err:  # a board folder this server cannot write: the message names board_dir
+        st.error(as_text(err), icon="⚠️")
+    else:
+        st.toast(done)
         st.rerun()
 c3.download_button("Export CSV", data=room.export_csv(board), file_name="lora-lab-room.csv", mime="text/csv")
 c4.download_button("Export JSON", data=room.export_json(board, sweeps.current()), file_name="lora-lab-room.json",
